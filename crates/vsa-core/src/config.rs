@@ -1,0 +1,466 @@
+//! The host agent configuration of DESIGN §4, shared by `vsad` and `vsactl`.
+//!
+//! Parsing is pure: the caller reads the file and the environment and passes
+//! them in. Every path has a default under the sandbox root (`$VSA_ROOT`,
+//! default `/`), and relative paths in the file are taken relative to the
+//! file's own directory, so a whole host can live in one folder.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::names;
+use crate::problem::Problem;
+use crate::span::Pos;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Config {
+    /// The fleet host this agent converges.
+    pub host: Option<String>,
+    pub repo: RepoConfig,
+    pub paths: Paths,
+    pub nginx: NginxConfig,
+    pub docker: DockerConfig,
+    pub acme: AcmeConfig,
+    pub mode: Mode,
+    pub dashboard: DashboardConfig,
+    pub hub: Option<HubConfig>,
+    pub role: Role,
+    pub hub_server: HubServerConfig,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RepoConfig {
+    pub path: PathBuf,
+    pub url: Option<String>,
+    pub branch: String,
+    pub poll_ms: u64,
+    pub webhook_secret_file: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Paths {
+    pub vhosts: PathBuf,
+    pub htpasswd: PathBuf,
+    pub letsencrypt: PathBuf,
+    pub webroot: PathBuf,
+    pub access_logs: PathBuf,
+    pub state: PathBuf,
+    pub audit_log: PathBuf,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct NginxConfig {
+    pub test: Vec<String>,
+    pub reload: Vec<String>,
+    pub container: Option<String>,
+    pub group: String,
+    pub http_port: u16,
+    pub https_port: u16,
+    /// Where nginx sees the directories (differs when it runs in a container).
+    pub paths: NginxPaths,
+    /// DNS resolver for container upstreams (Docker's embedded DNS by default).
+    pub resolver: String,
+    /// Also listen on IPv6 (`[::]:port`).
+    pub ipv6: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct NginxPaths {
+    pub htpasswd: PathBuf,
+    pub letsencrypt: PathBuf,
+    pub webroot: PathBuf,
+    pub access_logs: PathBuf,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DockerConfig {
+    pub endpoint: Option<String>,
+    pub network: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct AcmeConfig {
+    pub directory: String,
+    pub ca_bundle: Option<PathBuf>,
+    pub renew_before_days: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Apply,
+    Report,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Agent,
+    Hub,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DashboardConfig {
+    pub listen: String,
+    pub token_file: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct HubConfig {
+    pub url: String,
+    pub token_file: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct HubServerConfig {
+    pub database: Option<String>,
+    pub admin_token_file: Option<PathBuf>,
+}
+
+// The file as written: every field optional, unknown fields refused.
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    host: Option<String>,
+    #[serde(default)]
+    repo: RawRepo,
+    #[serde(default)]
+    paths: RawPaths,
+    #[serde(default)]
+    nginx: RawNginx,
+    #[serde(default)]
+    docker: RawDocker,
+    #[serde(default)]
+    acme: RawAcme,
+    mode: Option<Mode>,
+    #[serde(default)]
+    dashboard: RawDashboard,
+    hub: Option<RawHub>,
+    role: Option<Role>,
+    #[serde(default)]
+    hub_server: RawHubServer,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRepo {
+    path: Option<String>,
+    url: Option<String>,
+    branch: Option<String>,
+    poll: Option<String>,
+    webhook_secret_file: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPaths {
+    vhosts: Option<String>,
+    htpasswd: Option<String>,
+    letsencrypt: Option<String>,
+    webroot: Option<String>,
+    access_logs: Option<String>,
+    state: Option<String>,
+    audit_log: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNginx {
+    test: Option<Vec<String>>,
+    reload: Option<Vec<String>>,
+    container: Option<String>,
+    group: Option<String>,
+    http_port: Option<u16>,
+    https_port: Option<u16>,
+    #[serde(default)]
+    paths: RawNginxPaths,
+    resolver: Option<String>,
+    ipv6: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNginxPaths {
+    htpasswd: Option<String>,
+    letsencrypt: Option<String>,
+    webroot: Option<String>,
+    access_logs: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDocker {
+    endpoint: Option<String>,
+    network: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAcme {
+    directory: Option<String>,
+    ca_bundle: Option<String>,
+    renew_before_days: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDashboard {
+    listen: Option<String>,
+    token_file: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHub {
+    url: String,
+    token_file: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHubServer {
+    database: Option<String>,
+    admin_token_file: Option<String>,
+}
+
+pub const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
+
+/// Where the configuration is read from and relative to what.
+#[derive(Clone, Debug)]
+pub struct ConfigSource<'a> {
+    /// For messages: the file's path as the user named it.
+    pub file: &'a str,
+    /// The file's text; `None` when no file exists and defaults apply.
+    pub text: Option<&'a str>,
+    /// Relative paths in the file are resolved against this directory.
+    pub base_dir: &'a Path,
+    /// `$VSA_ROOT`: every default path lives under it.
+    pub root: &'a Path,
+}
+
+impl Config {
+    /// The built-in defaults for a sandbox root.
+    pub fn defaults(root: &Path) -> Config {
+        let src = ConfigSource {
+            file: "<defaults>",
+            text: None,
+            base_dir: root,
+            root,
+        };
+        Config::parse(&src).unwrap_or_else(|_| unreachable!("the defaults are valid"))
+    }
+
+    /// Parses a configuration file; every problem comes back with its line.
+    pub fn parse(src: &ConfigSource<'_>) -> Result<Config, Vec<Problem>> {
+        let raw: RawConfig = match src.text {
+            None => RawConfig::default(),
+            Some(text) => {
+                let opts = serde_saphyr::options! {
+                    budget: serde_saphyr::budget! { max_depth: 16, max_aliases: 100, max_events: 100_000 },
+                    strict_booleans: true,
+                    with_snippet: false,
+                };
+                match serde_saphyr::from_str_with_options::<Option<RawConfig>>(text, opts) {
+                    Ok(r) => r.unwrap_or_default(),
+                    Err(e) => {
+                        let pos = e.location().map(Pos::from).unwrap_or(Pos::new(1, 1));
+                        let msg = e.without_snippet().to_string();
+                        let msg = msg.rfind(" at line ").map_or(msg.as_str(), |i| &msg[..i]).to_owned();
+                        return Err(vec![Problem::error(src.file, pos, msg)]);
+                    }
+                }
+            }
+        };
+        let mut problems = Vec::new();
+        let mut bad = |msg: String| problems.push(Problem::error(src.file, Pos::new(1, 1), msg));
+
+        let under = |p: &str| -> PathBuf { src.root.join(p.trim_start_matches('/')) };
+        let given = |p: &Option<String>, default: &str| -> PathBuf {
+            match p {
+                Some(p) => src.base_dir.join(p),
+                None => under(default),
+            }
+        };
+        let opt_path = |p: &Option<String>| p.as_ref().map(|p| src.base_dir.join(p));
+
+        if let Some(h) = &raw.host
+            && let Err(e) = names::identifier(h)
+        {
+            bad(format!("host `{h}` {e}"));
+        }
+        let poll_ms = match &raw.repo.poll {
+            None => 60_000,
+            Some(p) => match names::parse_duration(p) {
+                Ok(ms) if ms >= 1000 => ms,
+                Ok(_) => {
+                    bad(format!("repo.poll `{p}` is shorter than 1s"));
+                    60_000
+                }
+                Err(e) => {
+                    bad(format!("repo.poll: {e}"));
+                    60_000
+                }
+            },
+        };
+        let paths = Paths {
+            vhosts: given(&raw.paths.vhosts, "/etc/nginx/conf.d"),
+            htpasswd: given(&raw.paths.htpasswd, "/etc/nginx/htpasswd"),
+            letsencrypt: given(&raw.paths.letsencrypt, "/etc/letsencrypt"),
+            webroot: given(&raw.paths.webroot, "/var/www/acme"),
+            access_logs: given(&raw.paths.access_logs, "/var/log/nginx/domains"),
+            state: given(&raw.paths.state, "/var/lib/vsa"),
+            audit_log: given(&raw.paths.audit_log, "/var/log/vsa/audit.jsonl"),
+        };
+        // Inside a container nginx sees its own paths; on the host, the same ones.
+        let nginx_view = |p: &Option<String>, host: &PathBuf| -> PathBuf {
+            match p {
+                Some(p) => PathBuf::from(p),
+                None => host.clone(),
+            }
+        };
+        let nginx_paths = NginxPaths {
+            htpasswd: nginx_view(&raw.nginx.paths.htpasswd, &paths.htpasswd),
+            letsencrypt: nginx_view(&raw.nginx.paths.letsencrypt, &paths.letsencrypt),
+            webroot: nginx_view(&raw.nginx.paths.webroot, &paths.webroot),
+            access_logs: nginx_view(&raw.nginx.paths.access_logs, &paths.access_logs),
+        };
+        for (what, p) in [
+            ("nginx.paths.htpasswd", &nginx_paths.htpasswd),
+            ("nginx.paths.letsencrypt", &nginx_paths.letsencrypt),
+            ("nginx.paths.webroot", &nginx_paths.webroot),
+            ("nginx.paths.access_logs", &nginx_paths.access_logs),
+        ] {
+            // These are written into vhosts: hold them to the same rules as manifests.
+            let s = p.to_string_lossy();
+            if s.chars().any(|c| c.is_whitespace() || c.is_control() || matches!(c, ';' | '{' | '}' | '"' | '\'' | '$' | '#' | '\\')) {
+                bad(format!("{what} `{}` contains a character nginx would misread", s.escape_debug()));
+            }
+        }
+        let http_port = raw.nginx.http_port.unwrap_or(80);
+        let https_port = raw.nginx.https_port.unwrap_or(443);
+        if http_port == 0 || https_port == 0 {
+            bad("nginx.http_port and nginx.https_port must be 1-65535".into());
+        }
+        let resolver = raw.nginx.resolver.clone().unwrap_or_else(|| "127.0.0.11".into());
+        if resolver.split_whitespace().any(|r| {
+            r.parse::<std::net::IpAddr>().is_err() && names::dns_name(r).is_err() && r.parse::<std::net::SocketAddr>().is_err()
+        }) || resolver.contains(';')
+        {
+            bad(format!("nginx.resolver `{}` must be IP addresses separated by spaces", resolver.escape_debug()));
+        }
+        let argv = |v: &Option<Vec<String>>, default: &[&str], what: &str, bad: &mut dyn FnMut(String)| -> Vec<String> {
+            match v {
+                Some(v) if v.is_empty() => {
+                    bad(format!("{what} must not be empty"));
+                    default.iter().map(|s| s.to_string()).collect()
+                }
+                Some(v) => v.clone(),
+                None => default.iter().map(|s| s.to_string()).collect(),
+            }
+        };
+        let test = argv(&raw.nginx.test, &["nginx", "-t"], "nginx.test", &mut bad);
+        let reload = argv(&raw.nginx.reload, &["nginx", "-s", "reload"], "nginx.reload", &mut bad);
+        let renew_before_days = raw.acme.renew_before_days.unwrap_or(30);
+        let listen = raw.dashboard.listen.clone().unwrap_or_else(|| "127.0.0.1:8088".into());
+        if listen.parse::<std::net::SocketAddr>().is_err() {
+            bad(format!("dashboard.listen `{listen}` is not an address such as 127.0.0.1:8088"));
+        }
+        let network = raw.docker.network.clone().unwrap_or_else(|| "flowbiz_ext".into());
+        if let Err(e) = names::container_name(&network) {
+            bad(format!("docker.network `{network}` {e}"));
+        }
+
+        let config = Config {
+            host: raw.host.clone(),
+            repo: RepoConfig {
+                path: given(&raw.repo.path, "/srv/vsa/desired-state"),
+                url: raw.repo.url.clone(),
+                branch: raw.repo.branch.clone().unwrap_or_else(|| "main".into()),
+                poll_ms,
+                webhook_secret_file: opt_path(&raw.repo.webhook_secret_file),
+            },
+            nginx: NginxConfig {
+                test,
+                reload,
+                container: raw.nginx.container.clone(),
+                group: raw.nginx.group.clone().unwrap_or_else(|| "www-data".into()),
+                http_port,
+                https_port,
+                paths: nginx_paths,
+                resolver,
+                ipv6: raw.nginx.ipv6.unwrap_or(true),
+            },
+            paths,
+            docker: DockerConfig {
+                endpoint: raw.docker.endpoint.clone().or_else(|| Some("unix:///var/run/docker.sock".into())),
+                network,
+            },
+            acme: AcmeConfig {
+                directory: raw.acme.directory.clone().unwrap_or_else(|| LETS_ENCRYPT.into()),
+                ca_bundle: opt_path(&raw.acme.ca_bundle),
+                renew_before_days,
+            },
+            mode: raw.mode.unwrap_or(Mode::Apply),
+            dashboard: DashboardConfig {
+                listen,
+                token_file: opt_path(&raw.dashboard.token_file),
+            },
+            hub: raw.hub.as_ref().map(|h| HubConfig {
+                url: h.url.clone(),
+                token_file: opt_path(&h.token_file),
+            }),
+            role: raw.role.unwrap_or(Role::Agent),
+            hub_server: HubServerConfig {
+                database: raw.hub_server.database.clone(),
+                admin_token_file: opt_path(&raw.hub_server.admin_token_file),
+            },
+        };
+        if problems.is_empty() { Ok(config) } else { Err(problems) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, Vec<Problem>> {
+        Config::parse(&ConfigSource {
+            file: "vsa.yaml",
+            text: Some(text),
+            base_dir: Path::new("/cfg"),
+            root: Path::new("/sandbox"),
+        })
+    }
+
+    #[test]
+    fn defaults_live_under_the_root() {
+        let c = Config::defaults(Path::new("/sandbox"));
+        assert_eq!(c.paths.vhosts, PathBuf::from("/sandbox/etc/nginx/conf.d"));
+        assert_eq!(c.paths.audit_log, PathBuf::from("/sandbox/var/log/vsa/audit.jsonl"));
+        assert_eq!(c.nginx.paths.htpasswd, c.paths.htpasswd);
+        assert_eq!(c.repo.poll_ms, 60_000);
+        assert_eq!(c.mode, Mode::Apply);
+    }
+
+    #[test]
+    fn relative_paths_follow_the_file_absolute_ones_stay() {
+        let c = parse("host: vps-01\nrepo: {path: ../repo}\npaths: {vhosts: /x/conf.d}\n").unwrap();
+        assert_eq!(c.repo.path, PathBuf::from("/cfg/../repo"));
+        assert_eq!(c.paths.vhosts, PathBuf::from("/x/conf.d"));
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_with_a_line() {
+        let e = parse("host: vps-01\nnginx:\n  tset: [nginx]\n").unwrap_err();
+        assert_eq!((e[0].line, e[0].col), (3, 3));
+        assert!(e[0].message.contains("unknown field `tset`"), "{}", e[0].message);
+    }
+
+    #[test]
+    fn bad_values_are_reported() {
+        let e = parse("repo: {poll: soon}\ndashboard: {listen: nowhere}\n").unwrap_err();
+        assert_eq!(e.len(), 2);
+    }
+}

@@ -1,0 +1,25 @@
+//! vsa's pure core: manifests, validation, rendering and planning.
+//!
+//! Architecture Invariant: nothing in this crate does I/O. No filesystem,
+//! no network, no Docker, no clock, no environment: callers read files and
+//! observe the host, then hand the results in. That keeps `plan` a function
+//! of its inputs, testable without a host, and the same for every caller.
+
+pub mod config;
+pub mod load;
+pub mod manifest;
+pub mod model;
+pub mod names;
+pub mod plan;
+pub mod problem;
+pub mod render;
+pub mod schema;
+pub mod span;
+pub mod validate;
+
+pub use load::SourceFile;
+pub use model::Model;
+pub use plan::{plan, Observed, Plan};
+pub use problem::Problem;
+pub use render::Renderer;
+pub use validate::{load, Loaded};

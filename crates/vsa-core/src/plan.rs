@@ -1,0 +1,343 @@
+//! `plan(desired, observed) -> Plan`: the one path every change goes through.
+//!
+//! `vsactl diff`, `apply --dry-run`, `apply`, the daemon and the dashboard
+//! all compute, render or execute this same [`Plan`]. It is a pure function:
+//! the observed state is gathered by the adapters beforehand, and nothing
+//! here reads a file or a clock.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{Model, Site};
+use crate::render::{HTTP_CONTEXT_FILE, HTTP_CONTEXT_NAME, RenderError, Renderer};
+
+/// A file as found on the host.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObservedFile {
+    pub content: String,
+    /// The file starts with the `# managed-by: vsa` line.
+    pub managed: bool,
+}
+
+/// What the adapters saw on the host. File maps are keyed by file name.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Observed {
+    /// `*.conf` files in the vhost directory.
+    pub vhosts: BTreeMap<String, ObservedFile>,
+    /// `*.htpasswd` files in the htpasswd directory.
+    pub htpasswd: BTreeMap<String, ObservedFile>,
+    /// Domains whose `fullchain.pem` and `privkey.pem` are both on disk.
+    pub certs: BTreeSet<String>,
+    /// Domains whose access log file exists.
+    pub access_logs: BTreeSet<String>,
+}
+
+/// The kinds of resources of DESIGN §5 (contract).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResourceKind {
+    Network,
+    Container,
+    Htpasswd,
+    Vhost,
+    Cert,
+    AccessLog,
+}
+
+impl ResourceKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResourceKind::Network => "network",
+            ResourceKind::Container => "container",
+            ResourceKind::Htpasswd => "htpasswd",
+            ResourceKind::Vhost => "vhost",
+            ResourceKind::Cert => "cert",
+            ResourceKind::AccessLog => "access_log",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Create,
+    Update,
+    Delete,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Create => "create",
+            Action::Update => "update",
+            Action::Delete => "delete",
+        }
+    }
+}
+
+/// One change the host needs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Change {
+    pub kind: ResourceKind,
+    pub name: String,
+    pub action: Action,
+    pub reason: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diff: Option<String>,
+    /// The file the change writes or removes, relative to its directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    /// The desired content; never serialized, since it may hold hashes.
+    #[serde(skip)]
+    pub content: Option<String>,
+}
+
+/// A file vsa found but does not own; reported, never changed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unmanaged {
+    pub kind: ResourceKind,
+    pub file: String,
+}
+
+/// A change vsa would make but must not: the file in the way is not ours.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Conflict {
+    pub kind: ResourceKind,
+    pub name: String,
+    pub file: String,
+    pub message: String,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Summary {
+    pub create: usize,
+    pub update: usize,
+    pub delete: usize,
+}
+
+/// The plan of DESIGN §5 (contract), plus `unmanaged` and `conflicts`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Plan {
+    pub host: String,
+    pub commit: Option<String>,
+    pub changes: Vec<Change>,
+    pub summary: Summary,
+    #[serde(default)]
+    pub unmanaged: Vec<Unmanaged>,
+    #[serde(default)]
+    pub conflicts: Vec<Conflict>,
+}
+
+impl Plan {
+    /// Nothing to change and nothing in the way.
+    pub fn in_sync(&self) -> bool {
+        self.changes.is_empty() && self.conflicts.is_empty()
+    }
+
+    fn finish(mut self) -> Plan {
+        self.changes.sort_by_key(|c| (phase(c), c.name.clone()));
+        self.summary = Summary::default();
+        for c in &self.changes {
+            match c.action {
+                Action::Create => self.summary.create += 1,
+                Action::Update => self.summary.update += 1,
+                Action::Delete => self.summary.delete += 1,
+            }
+        }
+        self
+    }
+}
+
+/// Order of execution: what a vhost refers to exists before the vhost, and
+/// a vhost is gone before what it referred to.
+fn phase(c: &Change) -> u8 {
+    match (c.kind, c.action) {
+        (ResourceKind::Network, Action::Create | Action::Update) => 0,
+        (ResourceKind::Container, Action::Create | Action::Update) => 1,
+        (ResourceKind::AccessLog, _) => 2,
+        (ResourceKind::Htpasswd, Action::Create | Action::Update) => 3,
+        (ResourceKind::Cert, Action::Create | Action::Update) => 4,
+        (ResourceKind::Vhost, Action::Create | Action::Update) if c.name == HTTP_CONTEXT_NAME => 5,
+        (ResourceKind::Vhost, Action::Create | Action::Update) => 6,
+        (ResourceKind::Vhost, Action::Delete) if c.name != HTTP_CONTEXT_NAME => 7,
+        (ResourceKind::Vhost, Action::Delete) => 8,
+        (ResourceKind::Htpasswd, Action::Delete) => 9,
+        (ResourceKind::Cert, Action::Delete) => 10,
+        (ResourceKind::Container, Action::Delete) => 11,
+        (ResourceKind::Network, Action::Delete) => 12,
+    }
+}
+
+/// Computes the plan for one host.
+pub fn plan(
+    model: &Model,
+    host: &str,
+    observed: &Observed,
+    renderer: &Renderer,
+    commit: Option<String>,
+) -> Result<Plan, RenderError> {
+    let sites: Vec<&Site> = model.sites_for(host).collect();
+    let mut p = Plan {
+        host: host.to_owned(),
+        commit,
+        changes: Vec::new(),
+        summary: Summary::default(),
+        unmanaged: Vec::new(),
+        conflicts: Vec::new(),
+    };
+
+    // The http-context file, then one vhost per site.
+    let mut desired_vhosts: BTreeMap<String, (String, String)> = BTreeMap::new();
+    if !sites.is_empty() {
+        desired_vhosts.insert(
+            HTTP_CONTEXT_FILE.to_owned(),
+            (HTTP_CONTEXT_NAME.to_owned(), renderer.http_context(sites.iter().copied())?),
+        );
+    }
+    for site in &sites {
+        let content = renderer.vhost(site, observed.certs.contains(&site.domain))?;
+        desired_vhosts.insert(Renderer::vhost_file(&site.domain), (site.domain.clone(), content));
+    }
+    file_changes(
+        &mut p,
+        crate::plan::ResourceKind::Vhost,
+        &desired_vhosts,
+        &observed.vhosts,
+        ".conf",
+        text_diff,
+    );
+
+    let mut desired_htpasswd = BTreeMap::new();
+    for site in &sites {
+        if let Some(content) = renderer.htpasswd(site) {
+            desired_htpasswd.insert(Renderer::htpasswd_file(&site.domain), (site.domain.clone(), content));
+        }
+    }
+    file_changes(
+        &mut p,
+        ResourceKind::Htpasswd,
+        &desired_htpasswd,
+        &observed.htpasswd,
+        ".htpasswd",
+        htpasswd_diff,
+    );
+
+    for site in &sites {
+        if !observed.access_logs.contains(&site.domain) {
+            p.changes.push(Change {
+                kind: ResourceKind::AccessLog,
+                name: site.domain.clone(),
+                action: Action::Create,
+                reason: "missing".into(),
+                diff: None,
+                file: Some(Renderer::access_log_file(&site.domain)),
+                content: None,
+            });
+        }
+    }
+    Ok(p.finish())
+}
+
+/// Compares desired files (file name -> (resource name, content)) with the
+/// files found, for one directory.
+fn file_changes(
+    p: &mut Plan,
+    kind: ResourceKind,
+    desired: &BTreeMap<String, (String, String)>,
+    observed: &BTreeMap<String, ObservedFile>,
+    suffix: &str,
+    diff: fn(&str, &str) -> String,
+) {
+    for (file, (name, content)) in desired {
+        match observed.get(file) {
+            None => p.changes.push(Change {
+                kind,
+                name: name.clone(),
+                action: Action::Create,
+                reason: "missing".into(),
+                diff: Some(diff("", content)),
+                file: Some(file.clone()),
+                content: Some(content.clone()),
+            }),
+            Some(live) if !live.managed => p.conflicts.push(Conflict {
+                kind,
+                name: name.clone(),
+                file: file.clone(),
+                message: format!(
+                    "{file} exists but is not managed by vsa; move it away, or make its first line `{}` to let vsa take it over",
+                    crate::render::MANAGED_HEADER
+                ),
+            }),
+            Some(live) if live.content != *content => p.changes.push(Change {
+                kind,
+                name: name.clone(),
+                action: Action::Update,
+                reason: "differs".into(),
+                diff: Some(diff(&live.content, content)),
+                file: Some(file.clone()),
+                content: Some(content.clone()),
+            }),
+            Some(_) => {}
+        }
+    }
+    for (file, live) in observed {
+        if desired.contains_key(file) {
+            continue;
+        }
+        if !live.managed {
+            p.unmanaged.push(Unmanaged {
+                kind,
+                file: file.clone(),
+            });
+            continue;
+        }
+        let name = if file == HTTP_CONTEXT_FILE {
+            HTTP_CONTEXT_NAME.to_owned()
+        } else {
+            file.strip_suffix(suffix).unwrap_or(file).to_owned()
+        };
+        p.changes.push(Change {
+            kind,
+            name,
+            action: Action::Delete,
+            reason: "not desired".into(),
+            diff: Some(diff(&live.content, "")),
+            file: Some(file.clone()),
+            content: None,
+        });
+    }
+}
+
+/// A unified diff, `--- live` / `+++ desired`.
+pub fn text_diff(live: &str, desired: &str) -> String {
+    similar::TextDiff::from_lines(live, desired)
+        .unified_diff()
+        .context_radius(3)
+        .header("live", "desired")
+        .to_string()
+}
+
+/// A diff of htpasswd files that names users, never hashes: a changed
+/// password shows as the user's line changing.
+pub fn htpasswd_diff(live: &str, desired: &str) -> String {
+    let users = |s: &str| -> BTreeMap<String, String> {
+        s.lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+            .map(|l| match l.split_once(':') {
+                Some((u, h)) => (u.to_owned(), h.to_owned()),
+                None => (l.to_owned(), String::new()),
+            })
+            .collect()
+    };
+    let (old, new) = (users(live), users(desired));
+    let show = |m: &BTreeMap<String, String>, other: &BTreeMap<String, String>, mark: &str| -> String {
+        m.iter()
+            .map(|(u, h)| match other.get(u) {
+                Some(h2) if h2 != h => format!("{u} ({mark} password)\n"),
+                _ => format!("{u}\n"),
+            })
+            .collect()
+    };
+    text_diff(&show(&old, &new, "old"), &show(&new, &old, "new"))
+}

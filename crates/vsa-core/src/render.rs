@@ -1,0 +1,270 @@
+//! Rendering the files vsa owns: one vhost per site, one htpasswd per site
+//! with auth, and one http-context file for what nginx only accepts there.
+//!
+//! Rendering is a pure function of the site, the host's settings and
+//! whether the site's certificate is on disk: the HTTPS server is only
+//! rendered when it is, so a vhost never points at a missing file.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use tera::{Context, Tera};
+
+use crate::config::Config;
+use crate::model::{Csp, Site, Tls, Upstream};
+
+/// The first line of every file vsa writes; only files starting with it are ours.
+pub const MANAGED_HEADER: &str = "# managed-by: vsa";
+
+/// The managed http-context file in the vhost directory. Named so that it
+/// sorts before every `<domain>.conf`: nginx includes `*.conf` in byte
+/// order, and `log_format` must come before the vhosts that use it.
+pub const HTTP_CONTEXT_FILE: &str = "00-vsa-http.conf";
+
+/// Its name in plans (kind `vhost`).
+pub const HTTP_CONTEXT_NAME: &str = "00-vsa-http";
+
+/// The default Content-Security-Policy: forbids framing and plugins, but lets
+/// the typical proxied app (Dify, n8n, a CMS) load its own inline scripts.
+pub const DEFAULT_CSP: &str =
+    "default-src 'self' http: https: data: blob: 'unsafe-inline' 'unsafe-eval'; object-src 'none'; frame-ancestors 'none'";
+
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    #[error("template error: {0}")]
+    Template(String),
+}
+
+/// What rendering needs to know about the host (DESIGN §4 `nginx.*`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RenderSettings {
+    pub http_port: u16,
+    pub https_port: u16,
+    pub ipv6: bool,
+    pub resolver: String,
+    /// The directories as nginx sees them.
+    pub htpasswd_dir: PathBuf,
+    pub letsencrypt_dir: PathBuf,
+    pub webroot: PathBuf,
+    pub access_logs_dir: PathBuf,
+}
+
+impl From<&Config> for RenderSettings {
+    fn from(c: &Config) -> Self {
+        RenderSettings {
+            http_port: c.nginx.http_port,
+            https_port: c.nginx.https_port,
+            ipv6: c.nginx.ipv6,
+            resolver: c.nginx.resolver.clone(),
+            htpasswd_dir: c.nginx.paths.htpasswd.clone(),
+            letsencrypt_dir: c.nginx.paths.letsencrypt.clone(),
+            webroot: c.nginx.paths.webroot.clone(),
+            access_logs_dir: c.nginx.paths.access_logs.clone(),
+        }
+    }
+}
+
+pub struct Renderer {
+    tera: Tera,
+    settings: RenderSettings,
+}
+
+impl std::fmt::Debug for Renderer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Renderer").field("settings", &self.settings).finish()
+    }
+}
+
+#[derive(Serialize)]
+struct VhostCtx<'a> {
+    domain: &'a str,
+    names: String,
+    https: bool,
+    http_port: u16,
+    https_port: u16,
+    https_port_suffix: String,
+    ipv6: bool,
+    resolver: &'a str,
+    access_log: String,
+    webroot: String,
+    cert_dir: String,
+    htpasswd_file: String,
+    csp: Option<&'a str>,
+    max_body: Option<&'a str>,
+    auth: Option<AuthCtx<'a>>,
+    rate_limit: Option<RateCtx>,
+    container: Option<ContainerCtx<'a>>,
+    url: Option<&'a str>,
+    websockets: bool,
+}
+
+#[derive(Serialize)]
+struct AuthCtx<'a> {
+    realm: &'a str,
+}
+
+#[derive(Serialize)]
+struct RateCtx {
+    zone: String,
+    burst: u32,
+}
+
+#[derive(Serialize)]
+struct ContainerCtx<'a> {
+    name: &'a str,
+    port: u16,
+}
+
+#[derive(Serialize)]
+struct HttpCtx {
+    zones: Vec<ZoneCtx>,
+    names_hash_max_size: usize,
+}
+
+#[derive(Serialize)]
+struct ZoneCtx {
+    name: String,
+    rps: u32,
+}
+
+fn path_str(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+/// The shared `limit_req_zone` for one rate; its key includes the server
+/// name, so each site still counts its clients separately.
+fn zone_name(rps: u32) -> String {
+    format!("vsa_rps_{rps}")
+}
+
+impl Renderer {
+    pub fn new(settings: RenderSettings) -> Self {
+        let mut tera = Tera::default();
+        tera.autoescape_on(vec![]);
+        tera.add_raw_templates(vec![
+            ("vhost.conf", include_str!("../templates/vhost.conf")),
+            ("http.conf", include_str!("../templates/http.conf")),
+        ])
+        .unwrap_or_else(|e| unreachable!("built-in templates parse: {e}"));
+        Renderer { tera, settings }
+    }
+
+    pub fn settings(&self) -> &RenderSettings {
+        &self.settings
+    }
+
+    /// The vhost file's name for a site.
+    pub fn vhost_file(domain: &str) -> String {
+        format!("{domain}.conf")
+    }
+
+    pub fn htpasswd_file(domain: &str) -> String {
+        format!("{domain}.htpasswd")
+    }
+
+    pub fn access_log_file(domain: &str) -> String {
+        format!("{domain}.access.json")
+    }
+
+    /// The vhost of a site. `cert_present`: both certificate files are on
+    /// disk, so the HTTPS server can be rendered.
+    pub fn vhost(&self, site: &Site, cert_present: bool) -> Result<String, RenderError> {
+        let s = &self.settings;
+        let https = site.tls == Tls::Acme && cert_present;
+        let (container, url) = match &site.upstream {
+            Upstream::Container { name, port } => (Some(ContainerCtx { name, port: *port }), None),
+            Upstream::Url(u) => (None, Some(u.url.as_str())),
+        };
+        let ctx = VhostCtx {
+            domain: &site.domain,
+            names: site.names().collect::<Vec<_>>().join(" "),
+            https,
+            http_port: s.http_port,
+            https_port: s.https_port,
+            https_port_suffix: if s.https_port == 443 {
+                String::new()
+            } else {
+                format!(":{}", s.https_port)
+            },
+            ipv6: s.ipv6,
+            resolver: &s.resolver,
+            access_log: path_str(&s.access_logs_dir.join(Self::access_log_file(&site.domain))),
+            webroot: path_str(&s.webroot),
+            cert_dir: path_str(&s.letsencrypt_dir.join("live").join(&site.domain)),
+            htpasswd_file: path_str(&s.htpasswd_dir.join(Self::htpasswd_file(&site.domain))),
+            csp: match &site.csp {
+                Csp::Default => Some(DEFAULT_CSP),
+                Csp::Off => None,
+                Csp::Custom(c) => Some(c.as_str()),
+            },
+            max_body: site.max_body.as_deref(),
+            auth: site.auth.as_ref().map(|a| AuthCtx { realm: &a.realm }),
+            rate_limit: site.rate_limit.map(|r| RateCtx {
+                zone: zone_name(r.rps),
+                burst: r.burst,
+            }),
+            container,
+            url,
+            websockets: site.websockets,
+        };
+        let ctx = Context::from_serialize(&ctx).map_err(|e| RenderError::Template(e.to_string()))?;
+        let mut out = self
+            .tera
+            .render("vhost.conf", &ctx)
+            .map_err(|e| RenderError::Template(format!("{e:?}")))?;
+        if !out.ends_with('\n') {
+            out.push('\n');
+        }
+        Ok(out)
+    }
+
+    /// The htpasswd file of a site with auth: user names and their bcrypt
+    /// hashes, exactly as the manifest gives them.
+    pub fn htpasswd(&self, site: &Site) -> Option<String> {
+        let auth = site.auth.as_ref()?;
+        let mut out = String::with_capacity(64 + auth.users.len() * 80);
+        out.push_str(MANAGED_HEADER);
+        out.push('\n');
+        for u in &auth.users {
+            out.push_str(&u.name);
+            out.push(':');
+            out.push_str(&u.bcrypt);
+            out.push('\n');
+        }
+        Some(out)
+    }
+
+    /// The http-context file for the sites of one host.
+    pub fn http_context<'a>(&self, sites: impl IntoIterator<Item = &'a Site>) -> Result<String, RenderError> {
+        let mut rates = BTreeSet::new();
+        let mut names = 0usize;
+        for s in sites {
+            if let Some(r) = s.rate_limit {
+                rates.insert(r.rps);
+            }
+            names += 1 + s.aliases.len();
+        }
+        let ctx = HttpCtx {
+            zones: rates
+                .into_iter()
+                .map(|rps| ZoneCtx {
+                    name: zone_name(rps),
+                    rps,
+                })
+                .collect(),
+            // Comfortably above the number of names, in steps, so that adding
+            // one site does not rewrite this file every time.
+            names_hash_max_size: (names * 2).max(1024).next_power_of_two(),
+        };
+        let ctx = Context::from_serialize(&ctx).map_err(|e| RenderError::Template(e.to_string()))?;
+        let mut out = self
+            .tera
+            .render("http.conf", &ctx)
+            .map_err(|e| RenderError::Template(format!("{e:?}")))?;
+        if !out.ends_with('\n') {
+            out.push('\n');
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,12 @@
+//! Adapters between vsa's pure core and the live host.
+//!
+//! Each module owns one kind of live resource and offers `observe` (and,
+//! later, `apply`). Everything host-specific (files, git, processes) lives
+//! here or in the binaries, never in `vsa-core`.
+
+pub mod files;
+pub mod git;
+pub mod repo;
+
+pub use files::observe;
+pub use repo::read_repo;
