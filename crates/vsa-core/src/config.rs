@@ -276,14 +276,14 @@ impl Config {
         let mut problems = Vec::new();
         let mut bad = |msg: String| problems.push(Problem::error(src.file, Pos::new(1, 1), msg));
 
-        let under = |p: &str| -> PathBuf { src.root.join(p.trim_start_matches('/')) };
+        let under = |p: &str| -> PathBuf { normalize(&src.root.join(p.trim_start_matches('/'))) };
         let given = |p: &Option<String>, default: &str| -> PathBuf {
             match p {
-                Some(p) => src.base_dir.join(p),
+                Some(p) => normalize(&src.base_dir.join(p)),
                 None => under(default),
             }
         };
-        let opt_path = |p: &Option<String>| p.as_ref().map(|p| src.base_dir.join(p));
+        let opt_path = |p: &Option<String>| p.as_ref().map(|p| normalize(&src.base_dir.join(p)));
 
         if let Some(h) = &raw.host
             && let Err(e) = names::identifier(h)
@@ -421,6 +421,25 @@ impl Config {
     }
 }
 
+/// Removes `.` and `..` components without touching the filesystem, so
+/// paths written into vhosts read cleanly.
+pub fn normalize(p: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if !out.pop() {
+                    out.push("..");
+                }
+            }
+            other => out.push(other.as_os_str()),
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -447,7 +466,7 @@ mod tests {
     #[test]
     fn relative_paths_follow_the_file_absolute_ones_stay() {
         let c = parse("host: vps-01\nrepo: {path: ../repo}\npaths: {vhosts: /x/conf.d}\n").unwrap();
-        assert_eq!(c.repo.path, PathBuf::from("/cfg/../repo"));
+        assert_eq!(c.repo.path, PathBuf::from("/repo"));
         assert_eq!(c.paths.vhosts, PathBuf::from("/x/conf.d"));
     }
 

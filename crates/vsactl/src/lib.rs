@@ -1,1 +1,215 @@
-//! x
+//! `vsactl`: the vsa engine on the command line.
+//!
+//! A library so that tests and benchmarks drive exactly what the binary
+//! runs; `main.rs` only parses arguments and exits with [`run`]'s code.
+
+pub mod cli;
+pub mod context;
+pub mod output;
+pub mod pipeline;
+pub mod review;
+
+use std::io::{IsTerminal, Read, Write};
+use std::process::ExitCode;
+
+use anstream::{eprintln, print, println};
+use anstyle::{AnsiColor, Style};
+use anyhow::{Context as _, Result, bail};
+use vsa_core::Problem;
+
+use crate::cli::{Cli, Command, Format};
+use crate::context::{Context, Env};
+use crate::pipeline::PipelineError;
+
+const ERR: Style = AnsiColor::Red.on_default().bold();
+const WARN: Style = AnsiColor::Yellow.on_default().bold();
+
+/// Runs one command and returns the exit status of the vsa contract.
+pub fn run(cli: Cli, env: &Env) -> ExitCode {
+    let result = match &cli.command {
+        Command::Validate { format } => validate(&cli, env, *format),
+        Command::Diff { format, base, head } => diff(&cli, env, *format, base.as_deref(), head.as_deref()),
+        Command::Render { site, tls } => render(&cli, env, site, *tls),
+        Command::Schema => schema(),
+        Command::HashPassword { cost } => hash_password(*cost),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("{ERR}error:{ERR:#} {e:#}");
+            // Every command's "error" status: 2 for diff, 1 for the others.
+            ExitCode::from(match cli.command {
+                Command::Diff { .. } => 2,
+                _ => 1,
+            })
+        }
+    }
+}
+
+fn print_problems(problems: &[Problem]) {
+    for p in problems {
+        let (style, word) = if p.is_error() { (ERR, "error") } else { (WARN, "warning") };
+        eprintln!("{}:{}:{}: {style}{word}:{style:#} {}", p.file, p.line, p.col, p.message);
+    }
+}
+
+fn validate(cli: &Cli, env: &Env, format: Format) -> Result<ExitCode> {
+    let ctx = Context::load(&cli.global, env)?;
+    let (files, mut problems) = ctx.read_repo()?;
+    let loaded = vsa_core::load(&files);
+    problems.extend(loaded.problems);
+    vsa_core::problem::sort(&mut problems);
+    let errors = problems.iter().filter(|p| p.is_error()).count();
+    let valid = errors == 0;
+    match format {
+        Format::Json => {
+            let v = serde_json::json!({ "valid": valid, "problems": problems });
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+        Format::Text | Format::Markdown => {
+            for p in &problems {
+                let (style, word) = if p.is_error() { (ERR, "") } else { (WARN, "warning: ") };
+                println!("{}:{}:{}: {style}{word}{style:#}{}", p.file, p.line, p.col, p.message);
+            }
+            match &loaded.model {
+                Some(m) if valid => eprintln!(
+                    "{}: valid ({} files, {} hosts, {} sites, {} stacks{})",
+                    ctx.repo.display(),
+                    files.len(),
+                    m.fleet.hosts.len(),
+                    m.sites.len(),
+                    m.stacks.len(),
+                    match problems.len() {
+                        0 => String::new(),
+                        n => format!(", {n} warning(s)"),
+                    }
+                ),
+                _ => eprintln!("{}: invalid: {errors} error(s) in {} files", ctx.repo.display(), files.len()),
+            }
+        }
+    }
+    Ok(if valid { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+fn diff(cli: &Cli, env: &Env, format: Format, base: Option<&str>, head: Option<&str>) -> Result<ExitCode> {
+    let ctx = Context::load(&cli.global, env)?;
+    if let Some(base) = base {
+        return review(&ctx, format, base, head.unwrap_or("HEAD"));
+    }
+    let host = ctx.host()?.to_owned();
+    let hp = match pipeline::plan_host(&ctx.config, &ctx.repo, &host) {
+        Ok(hp) => hp,
+        Err(PipelineError::Invalid(problems)) => {
+            print_problems(&problems);
+            bail!("the desired state in {} is invalid; nothing was planned", ctx.repo.display());
+        }
+        Err(e) => return Err(e.into()),
+    };
+    print_problems(&hp.warnings);
+    let plan = &hp.plan;
+    match format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(plan)?),
+        Format::Markdown => print!("{}", output::plan_markdown(plan)),
+        Format::Text => print!("{}", output::plan_text(plan)),
+    }
+    Ok(if plan.in_sync() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+fn review(ctx: &Context, format: Format, base: &str, head: &str) -> Result<ExitCode> {
+    let r = match review::review(&ctx.config, &ctx.repo, base, head) {
+        Ok(r) => r,
+        Err(review::ReviewError::Pipeline(PipelineError::Invalid(problems))) => {
+            print_problems(&problems);
+            bail!("the desired state at {head} is invalid");
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if r.base_problems.iter().any(Problem::is_error) {
+        eprintln!("{WARN}warning:{WARN:#} the desired state at {base} is invalid; comparing against an empty fleet");
+    }
+    print_problems(&r.head_warnings);
+    match format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&r)?),
+        Format::Markdown => {
+            println!(
+                "## vsa plan: `{}` → `{}`\n",
+                &r.base[..r.base.len().min(12)],
+                &r.head[..r.head.len().min(12)]
+            );
+            if r.hosts.is_empty() {
+                println!("No host changes.");
+            }
+            for p in &r.hosts {
+                print!("{}", output::plan_markdown(p));
+            }
+        }
+        Format::Text => {
+            if r.hosts.is_empty() {
+                println!("No host changes between {base} and {head}.");
+            }
+            for p in &r.hosts {
+                print!("{}", output::plan_text(p));
+            }
+        }
+    }
+    Ok(if r.hosts.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+fn render(cli: &Cli, env: &Env, site: &str, tls: bool) -> Result<ExitCode> {
+    let ctx = Context::load(&cli.global, env)?;
+    let (model, warnings) = match pipeline::load_repo(&ctx.repo) {
+        Ok(v) => v,
+        Err(PipelineError::Invalid(problems)) => {
+            print_problems(&problems);
+            bail!("the desired state in {} is invalid", ctx.repo.display());
+        }
+        Err(e) => return Err(e.into()),
+    };
+    print_problems(&warnings);
+    let Some(s) = model.site(site) else {
+        let mut known: Vec<&str> = model.sites.iter().map(|s| s.domain.as_str()).collect();
+        known.truncate(20);
+        bail!("no site `{site}` in {} (sites: {})", ctx.repo.display(), known.join(", "));
+    };
+    let renderer = vsa_core::Renderer::new(vsa_core::render::RenderSettings::from(&ctx.config));
+    let present = tls
+        || (ctx.config.paths.letsencrypt.join("live").join(site).join("fullchain.pem").is_file()
+            && ctx.config.paths.letsencrypt.join("live").join(site).join("privkey.pem").is_file());
+    print!("{}", renderer.vhost(s, present)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn schema() -> Result<ExitCode> {
+    println!("{}", serde_json::to_string_pretty(&vsa_core::schema::manifest_schema())?);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn hash_password(cost: u32) -> Result<ExitCode> {
+    let stdin = std::io::stdin();
+    let password = if stdin.is_terminal() {
+        let first = rpassword::prompt_password("Password: ").context("cannot read the password")?;
+        let second = rpassword::prompt_password("Again: ").context("cannot read the password")?;
+        if first != second {
+            bail!("the passwords differ");
+        }
+        first
+    } else {
+        let mut s = String::new();
+        stdin
+            .lock()
+            .take(4096)
+            .read_to_string(&mut s)
+            .context("cannot read the password from stdin")?;
+        s.lines().next().unwrap_or("").to_owned()
+    };
+    if password.is_empty() {
+        bail!("the password is empty");
+    }
+    if password.len() > 72 {
+        bail!("bcrypt only uses the first 72 bytes of a password; use a shorter one");
+    }
+    let hash = bcrypt::hash(&password, cost).context("cannot hash the password")?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{hash}")?;
+    Ok(ExitCode::SUCCESS)
+}

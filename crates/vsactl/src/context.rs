@@ -1,0 +1,94 @@
+//! Resolving the configuration, repository and host a command works on:
+//! file, then environment, then flags.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use vsa_core::config::{Config, ConfigSource};
+
+use crate::cli::Global;
+
+/// The environment vsactl reads, passed in so tests can set it.
+#[derive(Clone, Debug, Default)]
+pub struct Env {
+    pub vsa_config: Option<PathBuf>,
+    pub vsa_root: Option<PathBuf>,
+}
+
+impl Env {
+    pub fn from_process() -> Env {
+        Env {
+            vsa_config: std::env::var_os("VSA_CONFIG").filter(|v| !v.is_empty()).map(PathBuf::from),
+            vsa_root: std::env::var_os("VSA_ROOT").filter(|v| !v.is_empty()).map(PathBuf::from),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Context {
+    pub config: Config,
+    /// Where the configuration came from, for messages.
+    pub config_origin: String,
+    pub repo: PathBuf,
+    host: Option<String>,
+}
+
+impl Context {
+    pub fn load(global: &Global, env: &Env) -> Result<Context> {
+        let root = env.vsa_root.clone().unwrap_or_else(|| PathBuf::from("/"));
+        let root = absolute(&root);
+        let (path, explicit) = match (&global.config, &env.vsa_config) {
+            (Some(p), _) => (p.clone(), true),
+            (None, Some(p)) => (p.clone(), true),
+            (None, None) => (root.join("etc/vsa/vsa.yaml"), false),
+        };
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => Some(t),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => None,
+            Err(e) => return Err(anyhow!(e).context(format!("cannot read configuration {}", path.display()))),
+        };
+        let base_dir = absolute(path.parent().unwrap_or(Path::new(".")));
+        let file = path.display().to_string();
+        let src = ConfigSource {
+            file: &file,
+            text: text.as_deref(),
+            base_dir: &base_dir,
+            root: &root,
+        };
+        let config = Config::parse(&src).map_err(|problems| {
+            let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
+            anyhow!("invalid configuration:\n{}", lines.join("\n"))
+        })?;
+        let config_origin = if text.is_some() { file } else { "built-in defaults".to_owned() };
+        let repo = match &global.repo {
+            Some(r) => absolute(r),
+            None => config.repo.path.clone(),
+        };
+        let host = global.host.clone().or_else(|| config.host.clone());
+        Ok(Context {
+            config,
+            config_origin,
+            repo,
+            host,
+        })
+    }
+
+    /// The host to plan for, or a clear error naming both ways to set it.
+    pub fn host(&self) -> Result<&str> {
+        match &self.host {
+            Some(h) => Ok(h),
+            None => bail!(
+                "no host to plan for: pass --host ID, or set `host:` in the configuration ({})",
+                self.config_origin
+            ),
+        }
+    }
+
+    pub fn read_repo(&self) -> Result<(Vec<vsa_core::SourceFile>, Vec<vsa_core::Problem>)> {
+        vsa_live::read_repo(&self.repo).with_context(|| "cannot read the desired state".to_string())
+    }
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_owned())
+}

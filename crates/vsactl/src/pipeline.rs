@@ -1,0 +1,73 @@
+//! From a repository on disk and a host to a [`Plan`]: read, validate,
+//! observe, plan. The daemon and the benchmarks use the same steps.
+
+use std::path::Path;
+
+use vsa_core::config::Config;
+use vsa_core::render::RenderSettings;
+use vsa_core::{Loaded, Model, Observed, Plan, Problem, Renderer};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Repo(#[from] vsa_live::repo::RepoError),
+    #[error("the desired state is invalid ({} error(s))", .0.iter().filter(|p| p.is_error()).count())]
+    Invalid(Vec<Problem>),
+    #[error("host `{host}` is not in the fleet (fleet.yaml lists: {known})")]
+    UnknownHost { host: String, known: String },
+    #[error(transparent)]
+    Observe(#[from] vsa_live::files::ObserveError),
+    #[error(transparent)]
+    Render(#[from] vsa_core::render::RenderError),
+}
+
+/// Reads and validates the repository at `repo`.
+pub fn load_repo(repo: &Path) -> Result<(Model, Vec<Problem>), PipelineError> {
+    let (files, mut read_problems) = vsa_live::read_repo(repo)?;
+    let Loaded { model, problems } = vsa_core::load(&files);
+    read_problems.extend(problems);
+    vsa_core::problem::sort(&mut read_problems);
+    match model {
+        Some(m) if !read_problems.iter().any(Problem::is_error) => Ok((m, read_problems)),
+        _ => Err(PipelineError::Invalid(read_problems)),
+    }
+}
+
+/// Everything `diff` needs: the plan and the warnings met on the way.
+#[derive(Debug)]
+pub struct HostPlan {
+    pub plan: Plan,
+    pub warnings: Vec<Problem>,
+}
+
+pub fn check_host(model: &Model, host: &str) -> Result<(), PipelineError> {
+    if model.has_host(host) {
+        Ok(())
+    } else {
+        Err(PipelineError::UnknownHost {
+            host: host.to_owned(),
+            known: model.fleet.hosts.iter().map(|h| h.id.as_str()).collect::<Vec<_>>().join(", "),
+        })
+    }
+}
+
+/// The live plan for `host`: desired state from `repo`, observed state from
+/// the paths in `config`.
+pub fn plan_host(config: &Config, repo: &Path, host: &str) -> Result<HostPlan, PipelineError> {
+    let (model, warnings) = load_repo(repo)?;
+    check_host(&model, host)?;
+    let observed = vsa_live::observe(&config.paths)?;
+    let plan = plan_with(config, &model, host, &observed, vsa_live::git::head_commit(repo))?;
+    Ok(HostPlan { plan, warnings })
+}
+
+pub fn plan_with(
+    config: &Config,
+    model: &Model,
+    host: &str,
+    observed: &Observed,
+    commit: Option<String>,
+) -> Result<Plan, PipelineError> {
+    let renderer = Renderer::new(RenderSettings::from(config));
+    Ok(vsa_core::plan(model, host, observed, &renderer, commit)?)
+}
