@@ -227,17 +227,73 @@ fn push<T: DeserializeOwned + Shift>(
     out: &mut Vec<Located<T>>,
     problems: &mut Vec<Problem>,
 ) {
-    match serde_saphyr::from_str_with_options::<T>(chunk.text, options()) {
-        Ok(mut spec) => {
-            spec.shift(chunk.line_offset);
-            out.push(Located {
-                file: path.to_owned(),
-                pos,
-                spec,
-            });
+    // serde stops at the first unknown field; to report every problem, the
+    // offending entry is blanked out (keeping line numbers) and the
+    // document parsed again, a bounded number of times.
+    let mut text = std::borrow::Cow::Borrowed(chunk.text);
+    for _ in 0..MAX_RETRIES {
+        match serde_saphyr::from_str_with_options::<T>(&text, options()) {
+            Ok(mut spec) => {
+                spec.shift(chunk.line_offset);
+                out.push(Located {
+                    file: path.to_owned(),
+                    pos,
+                    spec,
+                });
+                return;
+            }
+            Err(e) => {
+                problems.push(yaml_problem(path, chunk, &e));
+                let unknown = clean_message(&e.without_snippet().to_string()).starts_with("unknown field");
+                let blanked = e.location().filter(|_| unknown).and_then(|l| blank_entry(&text, l.line() as usize, l.column() as usize));
+                match blanked {
+                    // The document stays unusable, but parsing on finds its other problems.
+                    Some(t) => text = std::borrow::Cow::Owned(t),
+                    None => return,
+                }
+            }
         }
-        Err(e) => problems.push(yaml_problem(path, chunk, &e)),
     }
+}
+
+const MAX_RETRIES: usize = 20;
+
+/// Blanks the block-style mapping entry whose key starts at `line:col`
+/// (1-based): that line and the more-indented lines after it. `None` when
+/// the key is not the first thing on its line (flow style).
+fn blank_entry(text: &str, line: usize, col: usize) -> Option<String> {
+    let lines: Vec<&str> = text.split_inclusive('\n').collect();
+    let key_line = *lines.get(line.checked_sub(1)?)?;
+    let indent = key_line.len() - key_line.trim_start_matches([' ', '-']).len();
+    if col == 0 || indent != col - 1 {
+        return None;
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut in_entry = false;
+    for (i, l) in lines.iter().enumerate() {
+        let content = l.trim_start_matches(' ');
+        let this_indent = l.len() - content.len();
+        if i + 1 == line {
+            in_entry = true;
+            // Keep a sequence dash so the item stays a mapping.
+            let dash = &l[..indent];
+            out.push_str(&dash.replace('-', " "));
+            if dash.contains('-') {
+                out.truncate(out.len() - dash.len());
+                out.push_str(dash);
+                out.push_str("{}");
+            }
+            out.push('\n');
+            continue;
+        }
+        if in_entry && (content.trim().is_empty() || this_indent > indent) {
+            out.push('\n');
+            continue;
+        }
+        in_entry = false;
+        out.push_str(l);
+    }
+    Some(out)
 }
 
 fn shift(pos: Pos, chunk: &Chunk<'_>) -> Pos {
