@@ -201,12 +201,24 @@ pub fn plan(
     }
     file_changes(
         &mut p,
-        crate::plan::ResourceKind::Vhost,
+        ResourceKind::Vhost,
         &desired_vhosts,
         &observed.vhosts,
         ".conf",
         text_diff,
     );
+    // Say why a TLS vhost changes when it is only the certificate's coming
+    // or going: that is expected, not drift.
+    for c in p.changes.iter_mut().filter(|c| c.kind == ResourceKind::Vhost && c.action == Action::Update) {
+        let Some(site) = sites.iter().find(|s| s.domain == c.name) else { continue };
+        let has_cert = observed.certs.contains(&site.domain);
+        let live = c.file.as_ref().and_then(|f| observed.vhosts.get(f));
+        if site.tls == crate::model::Tls::Acme
+            && live.is_some_and(|l| renderer.vhost(site, !has_cert).is_ok_and(|other| other == l.content))
+        {
+            c.reason = if has_cert { "certificate available".into() } else { "certificate missing".into() };
+        }
+    }
 
     let mut desired_htpasswd = BTreeMap::new();
     for site in &sites {

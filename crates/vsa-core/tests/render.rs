@@ -1,0 +1,262 @@
+//! Snapshots of rendered vhosts, htpasswd files and plans, one `check` per
+//! area; plus the property that planning against what a plan wrote is empty.
+
+use std::path::Path;
+
+use proptest::prelude::*;
+use vsa_core::config::{Config, ConfigSource};
+use vsa_core::plan::{Observed, ObservedFile, ResourceKind};
+use vsa_core::render::RenderSettings;
+use vsa_core::{Model, Renderer, SourceFile};
+
+const FLEET: &str = "apiVersion: vsa/v1\nkind: Fleet\nhosts:\n  - id: vps-01\ndefaults:\n  max_body: 10m\n";
+const HASH_A: &str = "$2b$04$R9h/cIPz0gi.URNNX3kh2OPST9/PgBkqquzi.Ss7KIUgO2t0jWMUW";
+const HASH_B: &str = "$2b$04$abcdefghijklmnopqrstuuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
+
+fn config() -> Config {
+    Config::parse(&ConfigSource {
+        file: "vsa.yaml",
+        text: Some("host: vps-01\nnginx: { ipv6: true }\n"),
+        base_dir: Path::new("/"),
+        root: Path::new("/"),
+    })
+    .unwrap()
+}
+
+fn renderer() -> Renderer {
+    Renderer::new(RenderSettings::from(&config()))
+}
+
+fn model(sites: &[&str]) -> Model {
+    let mut files = vec![SourceFile {
+        path: "fleet.yaml".into(),
+        text: FLEET.into(),
+    }];
+    for (i, s) in sites.iter().enumerate() {
+        files.push(SourceFile {
+            path: format!("sites/{i}.yaml"),
+            text: format!("apiVersion: vsa/v1\nkind: Site\nhost: vps-01\n{s}"),
+        });
+    }
+    let loaded = vsa_core::load(&files);
+    let errors: Vec<_> = loaded.errors().collect();
+    assert!(errors.is_empty(), "{errors:#?}");
+    loaded.model.unwrap()
+}
+
+/// Renders the one site of `yaml`, with and without its certificate.
+fn check_vhost(name: &str, yaml: &str, cert: bool) {
+    let m = model(&[yaml]);
+    let out = renderer().vhost(&m.sites[0], cert).unwrap();
+    insta::assert_snapshot!(name, out);
+}
+
+#[test]
+fn vhost_container_upstream_http_only_until_the_certificate_exists() {
+    let y = "domain: shop.example.com\naliases: [www.shop.example.com]\nupstream: { container: shop-web, port: 8080 }\n";
+    check_vhost("container_no_cert", y, false);
+    check_vhost("container_with_cert", y, true);
+}
+
+#[test]
+fn vhost_url_upstream_with_auth_websockets_rate_limit() {
+    check_vhost(
+        "url_auth_ws_rate",
+        &format!(
+            "domain: n8n.example.com\nupstream: {{ url: \"http://127.0.0.1:5678\" }}\nwebsockets: true\nrate_limit: {{ rps: 10, burst: 20 }}\nmax_body: 50m\nauth:\n  realm: n8n admin\n  users:\n    - name: admin\n      bcrypt: \"{HASH_A}\"\n"
+        ),
+        true,
+    );
+}
+
+#[test]
+fn vhost_tls_none_custom_csp() {
+    check_vhost(
+        "tls_none_csp",
+        "domain: status.example.org\nupstream: { url: \"http://10.0.0.5:9100/status\" }\ntls: none\ncsp: \"default-src 'self'\"\n",
+        true,
+    );
+    check_vhost(
+        "tls_none_csp_off",
+        "domain: status.example.org\nupstream: { url: \"http://10.0.0.5:9100\" }\ntls: none\ncsp: \"off\"\n",
+        false,
+    );
+}
+
+#[test]
+fn htpasswd_and_http_context() {
+    let m = model(&[
+        &format!(
+            "domain: a.example.com\nupstream: {{ url: \"http://127.0.0.1:1\" }}\nrate_limit: {{ rps: 5 }}\nauth:\n  users:\n    - name: alice\n      bcrypt: \"{HASH_A}\"\n    - name: bob\n      bcrypt: \"{HASH_B}\"\n"
+        ),
+        "domain: b.example.com\nupstream: { url: \"http://127.0.0.1:2\" }\nrate_limit: { rps: 50, burst: 5 }\n",
+        "domain: c.example.com\nupstream: { url: \"http://127.0.0.1:3\" }\nrate_limit: { rps: 5, burst: 1 }\n",
+    ]);
+    let r = renderer();
+    insta::assert_snapshot!("htpasswd", r.htpasswd(&m.sites[0]).unwrap());
+    assert!(r.htpasswd(&m.sites[1]).is_none());
+    insta::assert_snapshot!("http_context", r.http_context(&m.sites).unwrap());
+}
+
+fn observed_from(plan: &vsa_core::Plan, certs: &[&str]) -> Observed {
+    let mut o = Observed {
+        certs: certs.iter().map(|s| s.to_string()).collect(),
+        ..Observed::default()
+    };
+    apply_to(&mut o, plan);
+    o
+}
+
+/// What a correct `apply` does to the observed state, in memory.
+fn apply_to(o: &mut Observed, plan: &vsa_core::Plan) {
+    for c in &plan.changes {
+        let file = c.file.clone().unwrap();
+        let map = match c.kind {
+            ResourceKind::Vhost => &mut o.vhosts,
+            ResourceKind::Htpasswd => &mut o.htpasswd,
+            ResourceKind::AccessLog => {
+                o.access_logs.insert(c.name.clone());
+                continue;
+            }
+            k => panic!("{k:?}"),
+        };
+        match &c.content {
+            Some(content) => {
+                map.insert(
+                    file,
+                    ObservedFile {
+                        content: content.clone(),
+                        managed: true,
+                    },
+                );
+            }
+            None => {
+                map.remove(&file);
+            }
+        }
+    }
+}
+
+/// Plans `sites` against `observed` and snapshots the plan JSON.
+fn check_plan(name: &str, sites: &[&str], observed: &Observed) {
+    let m = model(sites);
+    let p = vsa_core::plan(&m, "vps-01", observed, &renderer(), Some("3f2c".into())).unwrap();
+    insta::assert_snapshot!(name, serde_json::to_string_pretty(&p).unwrap());
+}
+
+#[test]
+fn plan_snapshots() {
+    let shop = "domain: shop.example.com\nupstream: { container: shop-web, port: 8080 }\n";
+    let admin = format!(
+        "domain: admin.example.com\nupstream: {{ url: \"http://127.0.0.1:3000\" }}\nauth:\n  users:\n    - name: admin\n      bcrypt: \"{HASH_A}\"\n"
+    );
+    check_plan("plan_empty_host", &[shop, &admin], &Observed::default());
+
+    // Converged, then: a hand edit, a password change, an unmanaged file,
+    // a certificate that appeared, and a removed site.
+    let m = model(&[shop, &admin]);
+    let first = vsa_core::plan(&m, "vps-01", &Observed::default(), &renderer(), None).unwrap();
+    let mut o = observed_from(&first, &[]);
+    let v = o.vhosts.get_mut("admin.example.com.conf").unwrap();
+    v.content = v.content.replace("proxy_http_version 1.1;", "proxy_http_version 1.0;");
+    o.vhosts.insert(
+        "default.conf".into(),
+        ObservedFile {
+            content: "server {}\n".into(),
+            managed: false,
+        },
+    );
+    o.vhosts.insert(
+        "gone.example.com.conf".into(),
+        ObservedFile {
+            content: "# managed-by: vsa\nserver {}\n".into(),
+            managed: true,
+        },
+    );
+    o.certs.insert("shop.example.com".into());
+    let admin2 = admin.replace(HASH_A, HASH_B);
+    check_plan("plan_drift", &[shop, &admin2], &o);
+}
+
+#[test]
+fn the_same_input_renders_the_same_bytes() {
+    let y = "domain: a.example.com\nupstream: { url: \"http://127.0.0.1:1\" }\n";
+    let m = model(&[y]);
+    let r = renderer();
+    assert_eq!(r.vhost(&m.sites[0], true).unwrap(), r.vhost(&m.sites[0], true).unwrap());
+}
+
+fn arb_site() -> impl Strategy<Value = String> {
+    let label = "[a-z][a-z0-9]{0,8}";
+    (
+        label,
+        proptest::collection::vec(label, 0..3),
+        prop_oneof![
+            (1u16..65535).prop_map(|p| format!("upstream: {{ container: app-x, port: {p} }}\n")),
+            (1u16..65535).prop_map(|p| format!("upstream: {{ url: \"http://127.0.0.1:{p}/\" }}\n")),
+        ],
+        any::<bool>(),
+        proptest::option::of((1i64..1000, 0i64..2000)),
+        any::<bool>(),
+        any::<bool>(),
+    )
+        .prop_map(|(name, aliases, upstream, tls, rate, ws, auth)| {
+            let mut s = format!("domain: {name}.example.com\n{upstream}");
+            if !aliases.is_empty() {
+                let a: Vec<String> = aliases.iter().map(|a| format!("{a}.alias.{name}.example.com")).collect();
+                s.push_str(&format!("aliases: [{}]\n", a.join(", ")));
+            }
+            if !tls {
+                s.push_str("tls: none\n");
+            }
+            if let Some((rps, burst)) = rate {
+                s.push_str(&format!("rate_limit: {{ rps: {rps}, burst: {burst} }}\n"));
+            }
+            if ws {
+                s.push_str("websockets: true\n");
+            }
+            if auth {
+                s.push_str(&format!("auth:\n  users:\n    - name: u\n      bcrypt: \"{HASH_A}\"\n"));
+            }
+            s
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Applying a plan and planning again gives an empty plan, whatever the
+    /// sites and whichever certificates exist.
+    #[test]
+    fn plan_after_apply_is_empty(
+        sites in proptest::collection::btree_map("[a-z]{1,6}", arb_site(), 0..8),
+        cert_mask in any::<u16>(),
+    ) {
+        let texts: Vec<String> = sites
+            .into_values()
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        // Distinct domains only (the generator may repeat a name).
+        let mut seen = std::collections::BTreeSet::new();
+        let texts: Vec<&str> = texts
+            .iter()
+            .filter(|t| seen.insert(t.lines().next().unwrap().to_owned()))
+            .map(String::as_str)
+            .collect();
+        let m = model(&texts);
+        let certs: Vec<String> = m
+            .sites
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| cert_mask & (1 << (i % 16)) != 0)
+            .map(|(_, s)| s.domain.clone())
+            .collect();
+        let mut o = Observed { certs: certs.into_iter().collect(), ..Observed::default() };
+        let r = renderer();
+        let first = vsa_core::plan(&m, "vps-01", &o, &r, None).unwrap();
+        apply_to(&mut o, &first);
+        let second = vsa_core::plan(&m, "vps-01", &o, &r, None).unwrap();
+        prop_assert!(second.in_sync(), "{:#?}", second.changes);
+    }
+}
