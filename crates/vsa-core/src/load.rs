@@ -32,10 +32,39 @@ pub struct Documents {
 
 /// Parses every document of every file; returns what parsed and every problem.
 pub fn parse_files(files: &[SourceFile]) -> (Documents, Vec<Problem>) {
+    parse_files_parallel(files, 1)
+}
+
+/// [`parse_files`] on up to `threads` threads; the result is the same, in
+/// the same order.
+pub fn parse_files_parallel(files: &[SourceFile], threads: usize) -> (Documents, Vec<Problem>) {
+    let threads = threads.clamp(1, 64);
+    if threads == 1 || files.len() < 64 {
+        let mut docs = Documents::default();
+        let mut problems = Vec::new();
+        for file in files {
+            parse_file(file, &mut docs, &mut problems);
+        }
+        return (docs, problems);
+    }
+    let per = files.len().div_ceil(threads);
+    let parts: Vec<(Documents, Vec<Problem>)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = files
+            .chunks(per)
+            .map(|part| scope.spawn(move || parse_files_parallel(part, 1)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    });
     let mut docs = Documents::default();
     let mut problems = Vec::new();
-    for file in files {
-        parse_file(file, &mut docs, &mut problems);
+    for (d, p) in parts {
+        docs.fleets.extend(d.fleets);
+        docs.sites.extend(d.sites);
+        docs.stacks.extend(d.stacks);
+        problems.extend(p);
     }
     (docs, problems)
 }
@@ -163,7 +192,41 @@ fn options() -> serde_saphyr::Options {
     }
 }
 
+/// The common case, without a second YAML parse: `apiVersion: vsa/v1`
+/// and `kind: <Kind>` as plain top-level lines. Anything else (flow style,
+/// quotes, a wrong value) takes the careful path, which names the problem.
+fn fast_header(chunk: &Chunk<'_>) -> Option<(Kind, Pos)> {
+    let mut kind = None;
+    let mut api_ok = false;
+    for (i, line) in chunk.text.lines().enumerate() {
+        let value = |rest: &str| -> String {
+            let v = rest.split(" #").next().unwrap_or("").trim();
+            v.to_owned()
+        };
+        if let Some(rest) = line.strip_prefix("kind:") {
+            if kind.is_some() {
+                return None; // a duplicate key: let the parser say so
+            }
+            kind = Some((Kind::parse(&value(rest))?, Pos::new(chunk.line_offset + i as u32 + 1, 1)));
+        } else if let Some(rest) = line.strip_prefix("apiVersion:") {
+            if api_ok || value(rest) != API_VERSION {
+                return None;
+            }
+            api_ok = true;
+        }
+    }
+    if api_ok { kind } else { None }
+}
+
 fn parse_document(path: &str, chunk: Chunk<'_>, docs: &mut Documents, problems: &mut Vec<Problem>) {
+    if let Some((k, pos)) = fast_header(&chunk) {
+        match k {
+            Kind::Fleet => push(path, &chunk, pos, &mut docs.fleets, problems),
+            Kind::Site => push(path, &chunk, pos, &mut docs.sites, problems),
+            Kind::Stack => push(path, &chunk, pos, &mut docs.stacks, problems),
+        }
+        return;
+    }
     let header: Header = match serde_saphyr::from_str_with_options(chunk.text, options()) {
         Ok(Some(h)) => h,
         Ok(None) => return, // an empty document

@@ -195,9 +195,9 @@ pub fn plan(
             (HTTP_CONTEXT_NAME.to_owned(), renderer.http_context(sites.iter().copied())?),
         );
     }
-    for site in &sites {
-        let content = renderer.vhost(site, observed.certs.contains(&site.domain))?;
-        desired_vhosts.insert(Renderer::vhost_file(&site.domain), (site.domain.clone(), content));
+    let rendered = render_all(renderer, &sites, observed);
+    for (site, content) in sites.iter().zip(rendered) {
+        desired_vhosts.insert(Renderer::vhost_file(&site.domain), (site.domain.clone(), content?));
     }
     file_changes(
         &mut p,
@@ -249,6 +249,26 @@ pub fn plan(
         }
     }
     Ok(p.finish())
+}
+
+/// Renders every site's vhost, on the renderer's threads when there are many.
+fn render_all(renderer: &Renderer, sites: &[&Site], observed: &Observed) -> Vec<Result<String, RenderError>> {
+    let one = |s: &&Site| renderer.vhost(s, observed.certs.contains(&s.domain));
+    let threads = renderer.threads();
+    if threads <= 1 || sites.len() < 64 {
+        return sites.iter().map(one).collect();
+    }
+    let per = sites.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = sites
+            .chunks(per)
+            .map(|part| scope.spawn(move || part.iter().map(one).collect::<Vec<_>>()))
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    })
 }
 
 /// Compares desired files (file name -> (resource name, content)) with the

@@ -68,6 +68,7 @@ impl From<&Config> for RenderSettings {
 pub struct Renderer {
     tera: Tera,
     settings: RenderSettings,
+    threads: usize,
 }
 
 impl std::fmt::Debug for Renderer {
@@ -147,7 +148,21 @@ impl Renderer {
             ("http.conf", include_str!("../templates/http.conf")),
         ])
         .unwrap_or_else(|e| unreachable!("built-in templates parse: {e}"));
-        Renderer { tera, settings }
+        Renderer {
+            tera,
+            settings,
+            threads: 1,
+        }
+    }
+
+    /// Lets planning render on up to `threads` threads (the output is the same).
+    pub fn with_threads(mut self, threads: usize) -> Self {
+        self.threads = threads.clamp(1, 64);
+        self
+    }
+
+    pub fn threads(&self) -> usize {
+        self.threads
     }
 
     pub fn settings(&self) -> &RenderSettings {

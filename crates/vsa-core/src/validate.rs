@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use crate::load::{parse_files, Documents, SourceFile};
+use crate::load::{parse_files_parallel, Documents, SourceFile};
 use crate::manifest::{KeyValues, Located, SiteSpec, StackSpec};
 use crate::model::{
     Auth, AuthUser, Csp, Fleet, Healthcheck, Host, Model, RateLimit, Service, Site, Stack, Tls, Upstream,
@@ -31,7 +31,12 @@ impl Loaded {
 
 /// Parses and validates a whole repository.
 pub fn load(files: &[SourceFile]) -> Loaded {
-    let (docs, mut problems) = parse_files(files);
+    load_parallel(files, 1)
+}
+
+/// [`load`], parsing on up to `threads` threads.
+pub fn load_parallel(files: &[SourceFile], threads: usize) -> Loaded {
+    let (docs, mut problems) = parse_files_parallel(files, threads);
     let (model, more) = validate(&docs);
     problems.extend(more);
     problem::sort(&mut problems);
@@ -45,10 +50,12 @@ pub fn load(files: &[SourceFile]) -> Loaded {
 
 struct Ctx {
     problems: Vec<Problem>,
+    errors: usize,
 }
 
 impl Ctx {
     fn err(&mut self, file: &str, pos: Pos, msg: impl Into<String>) {
+        self.errors += 1;
         self.problems.push(Problem::error(file, pos, msg));
     }
     fn warn(&mut self, file: &str, pos: Pos, msg: impl Into<String>) {
@@ -69,7 +76,7 @@ impl Ctx {
 /// Validates parsed documents. The model holds whatever could be built; it
 /// is only meaningful when no error was reported.
 pub fn validate(docs: &Documents) -> (Model, Vec<Problem>) {
-    let mut cx = Ctx { problems: Vec::new() };
+    let mut cx = Ctx { problems: Vec::new(), errors: 0 };
     let fleet = validate_fleet(docs, &mut cx);
     let known_hosts: Option<BTreeSet<&str>> = docs
         .fleets
@@ -203,7 +210,7 @@ fn validate_site(
 ) -> Option<Site> {
     let file = doc.file.as_str();
     let s = &doc.spec;
-    let before = cx.problems.iter().filter(|p| p.is_error()).count();
+    let before = cx.errors;
 
     cx.check(file, &s.domain, "domain", names::dns_name);
     check_host(file, &s.host, known, cx);
@@ -297,7 +304,7 @@ fn validate_site(
 
     let rate = match s.rate_limit.as_ref().or(defaults.rate_limit.as_ref()) {
         Some(rl) if s.rate_limit.is_some() => rate_limit(file, rl, cx),
-        Some(rl) => rate_limit("fleet.yaml", rl, &mut Ctx { problems: Vec::new() }),
+        Some(rl) => rate_limit("fleet.yaml", rl, &mut Ctx { problems: Vec::new(), errors: 0 }),
         None => None,
     };
     let max_body = match &s.max_body {
@@ -316,7 +323,7 @@ fn validate_site(
         }
     };
 
-    let after = cx.problems.iter().filter(|p| p.is_error()).count();
+    let after = cx.errors;
     if after > before {
         return None;
     }
@@ -386,7 +393,7 @@ fn check_upstream_containers(sites: &[Located<SiteSpec>], stacks: &[Stack], cx: 
 fn validate_stack(doc: &Located<StackSpec>, known: Option<&BTreeSet<&str>>, cx: &mut Ctx) -> Option<Stack> {
     let file = doc.file.as_str();
     let s = &doc.spec;
-    let before = cx.problems.iter().filter(|p| p.is_error()).count();
+    let before = cx.errors;
     cx.check(file, &s.name, "stack name", names::identifier);
     check_host(file, &s.host, known, cx);
     if s.services.is_empty() {
@@ -486,7 +493,7 @@ fn validate_stack(doc: &Located<StackSpec>, known: Option<&BTreeSet<&str>>, cx: 
     if let Some(cycle) = dependency_cycle(&services) {
         cx.err(file, s.name.pos, format!("depends_on forms a cycle: {}", cycle.join(" -> ")));
     }
-    let after = cx.problems.iter().filter(|p| p.is_error()).count();
+    let after = cx.errors;
     (after == before).then(|| Stack {
         file: file.to_owned(),
         name: s.name.value.clone(),

@@ -56,7 +56,7 @@ fn print_problems(problems: &[Problem]) {
 fn validate(cli: &Cli, env: &Env, format: Format) -> Result<ExitCode> {
     let ctx = Context::load(&cli.global, env)?;
     let (files, mut problems) = ctx.read_repo()?;
-    let loaded = vsa_core::load(&files);
+    let loaded = vsa_core::validate::load_parallel(&files, crate::pipeline::threads());
     problems.extend(loaded.problems);
     vsa_core::problem::sort(&mut problems);
     let errors = problems.iter().filter(|p| p.is_error()).count();

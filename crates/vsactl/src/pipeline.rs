@@ -21,10 +21,15 @@ pub enum PipelineError {
     Render(#[from] vsa_core::render::RenderError),
 }
 
+/// How many threads parsing may use: the cores there are, at most 4.
+pub fn threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
+}
+
 /// Reads and validates the repository at `repo`.
 pub fn load_repo(repo: &Path) -> Result<(Model, Vec<Problem>), PipelineError> {
     let (files, mut read_problems) = vsa_live::read_repo(repo)?;
-    let Loaded { model, problems } = vsa_core::load(&files);
+    let Loaded { model, problems } = vsa_core::validate::load_parallel(&files, crate::pipeline::threads());
     read_problems.extend(problems);
     vsa_core::problem::sort(&mut read_problems);
     match model {
@@ -68,6 +73,6 @@ pub fn plan_with(
     observed: &Observed,
     commit: Option<String>,
 ) -> Result<Plan, PipelineError> {
-    let renderer = Renderer::new(RenderSettings::from(config));
+    let renderer = Renderer::new(RenderSettings::from(config)).with_threads(threads());
     Ok(vsa_core::plan(model, host, observed, &renderer, commit)?)
 }

@@ -39,7 +39,7 @@ pub enum ReviewError {
 
 fn load_at(repo: &Path, rev: &str) -> Result<(String, Option<Model>, Vec<Problem>), ReviewError> {
     let (sha, files, mut problems) = vsa_live::git::files_at(repo, rev)?;
-    let loaded = vsa_core::load(&files);
+    let loaded = vsa_core::validate::load_parallel(&files, crate::pipeline::threads());
     problems.extend(loaded.problems);
     let model = loaded.model.filter(|_| !problems.iter().any(Problem::is_error));
     Ok((sha, model, problems))
