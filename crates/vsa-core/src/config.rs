@@ -267,7 +267,10 @@ impl Config {
                     Err(e) => {
                         let pos = e.location().map(Pos::from).unwrap_or(Pos::new(1, 1));
                         let msg = e.without_snippet().to_string();
-                        let msg = msg.rfind(" at line ").map_or(msg.as_str(), |i| &msg[..i]).to_owned();
+                        let msg = msg
+                            .rfind(" at line ")
+                            .map_or(msg.as_str(), |i| &msg[..i])
+                            .to_owned();
                         return Err(vec![Problem::error(src.file, pos, msg)]);
                     }
                 }
@@ -334,8 +337,15 @@ impl Config {
         ] {
             // These are written into vhosts: hold them to the same rules as manifests.
             let s = p.to_string_lossy();
-            if s.chars().any(|c| c.is_whitespace() || c.is_control() || matches!(c, ';' | '{' | '}' | '"' | '\'' | '$' | '#' | '\\')) {
-                bad(format!("{what} `{}` contains a character nginx would misread", s.escape_debug()));
+            if s.chars().any(|c| {
+                c.is_whitespace()
+                    || c.is_control()
+                    || matches!(c, ';' | '{' | '}' | '"' | '\'' | '$' | '#' | '\\')
+            }) {
+                bad(format!(
+                    "{what} `{}` contains a character nginx would misread",
+                    s.escape_debug()
+                ));
             }
         }
         let http_port = raw.nginx.http_port.unwrap_or(80);
@@ -343,14 +353,27 @@ impl Config {
         if http_port == 0 || https_port == 0 {
             bad("nginx.http_port and nginx.https_port must be 1-65535".into());
         }
-        let resolver = raw.nginx.resolver.clone().unwrap_or_else(|| "127.0.0.11".into());
+        let resolver = raw
+            .nginx
+            .resolver
+            .clone()
+            .unwrap_or_else(|| "127.0.0.11".into());
         if resolver.split_whitespace().any(|r| {
-            r.parse::<std::net::IpAddr>().is_err() && names::dns_name(r).is_err() && r.parse::<std::net::SocketAddr>().is_err()
+            r.parse::<std::net::IpAddr>().is_err()
+                && names::dns_name(r).is_err()
+                && r.parse::<std::net::SocketAddr>().is_err()
         }) || resolver.contains(';')
         {
-            bad(format!("nginx.resolver `{}` must be IP addresses separated by spaces", resolver.escape_debug()));
+            bad(format!(
+                "nginx.resolver `{}` must be IP addresses separated by spaces",
+                resolver.escape_debug()
+            ));
         }
-        let argv = |v: &Option<Vec<String>>, default: &[&str], what: &str, bad: &mut dyn FnMut(String)| -> Vec<String> {
+        let argv = |v: &Option<Vec<String>>,
+                    default: &[&str],
+                    what: &str,
+                    bad: &mut dyn FnMut(String)|
+         -> Vec<String> {
             match v {
                 Some(v) if v.is_empty() => {
                     bad(format!("{what} must not be empty"));
@@ -361,13 +384,28 @@ impl Config {
             }
         };
         let test = argv(&raw.nginx.test, &["nginx", "-t"], "nginx.test", &mut bad);
-        let reload = argv(&raw.nginx.reload, &["nginx", "-s", "reload"], "nginx.reload", &mut bad);
+        let reload = argv(
+            &raw.nginx.reload,
+            &["nginx", "-s", "reload"],
+            "nginx.reload",
+            &mut bad,
+        );
         let renew_before_days = raw.acme.renew_before_days.unwrap_or(30);
-        let listen = raw.dashboard.listen.clone().unwrap_or_else(|| "127.0.0.1:8088".into());
+        let listen = raw
+            .dashboard
+            .listen
+            .clone()
+            .unwrap_or_else(|| "127.0.0.1:8088".into());
         if listen.parse::<std::net::SocketAddr>().is_err() {
-            bad(format!("dashboard.listen `{listen}` is not an address such as 127.0.0.1:8088"));
+            bad(format!(
+                "dashboard.listen `{listen}` is not an address such as 127.0.0.1:8088"
+            ));
         }
-        let network = raw.docker.network.clone().unwrap_or_else(|| "flowbiz_ext".into());
+        let network = raw
+            .docker
+            .network
+            .clone()
+            .unwrap_or_else(|| "flowbiz_ext".into());
         if let Err(e) = names::container_name(&network) {
             bad(format!("docker.network `{network}` {e}"));
         }
@@ -394,11 +432,19 @@ impl Config {
             },
             paths,
             docker: DockerConfig {
-                endpoint: raw.docker.endpoint.clone().or_else(|| Some("unix:///var/run/docker.sock".into())),
+                endpoint: raw
+                    .docker
+                    .endpoint
+                    .clone()
+                    .or_else(|| Some("unix:///var/run/docker.sock".into())),
                 network,
             },
             acme: AcmeConfig {
-                directory: raw.acme.directory.clone().unwrap_or_else(|| LETS_ENCRYPT.into()),
+                directory: raw
+                    .acme
+                    .directory
+                    .clone()
+                    .unwrap_or_else(|| LETS_ENCRYPT.into()),
                 ca_bundle: opt_path(&raw.acme.ca_bundle),
                 renew_before_days,
             },
@@ -417,7 +463,11 @@ impl Config {
                 admin_token_file: opt_path(&raw.hub_server.admin_token_file),
             },
         };
-        if problems.is_empty() { Ok(config) } else { Err(problems) }
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(problems)
+        }
     }
 }
 
@@ -457,7 +507,10 @@ mod tests {
     fn defaults_live_under_the_root() {
         let c = Config::defaults(Path::new("/sandbox"));
         assert_eq!(c.paths.vhosts, PathBuf::from("/sandbox/etc/nginx/conf.d"));
-        assert_eq!(c.paths.audit_log, PathBuf::from("/sandbox/var/log/vsa/audit.jsonl"));
+        assert_eq!(
+            c.paths.audit_log,
+            PathBuf::from("/sandbox/var/log/vsa/audit.jsonl")
+        );
         assert_eq!(c.nginx.paths.htpasswd, c.paths.htpasswd);
         assert_eq!(c.repo.poll_ms, 60_000);
         assert_eq!(c.mode, Mode::Apply);
@@ -474,7 +527,11 @@ mod tests {
     fn unknown_keys_are_errors_with_a_line() {
         let e = parse("host: vps-01\nnginx:\n  tset: [nginx]\n").unwrap_err();
         assert_eq!((e[0].line, e[0].col), (3, 3));
-        assert!(e[0].message.contains("unknown field `tset`"), "{}", e[0].message);
+        assert!(
+            e[0].message.contains("unknown field `tset`"),
+            "{}",
+            e[0].message
+        );
     }
 
     #[test]

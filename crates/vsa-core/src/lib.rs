@@ -19,7 +19,7 @@ pub mod validate;
 
 pub use load::SourceFile;
 pub use model::Model;
-pub use plan::{plan, Observed, Plan};
+pub use plan::{Observed, Plan, plan};
 pub use problem::Problem;
 pub use render::Renderer;
-pub use validate::{load, Loaded};
+pub use validate::{Loaded, load};

@@ -8,7 +8,7 @@
 
 use serde::de::DeserializeOwned;
 
-use crate::manifest::{FleetSpec, Header, Kind, Located, SiteSpec, StackSpec, API_VERSION};
+use crate::manifest::{API_VERSION, FleetSpec, Header, Kind, Located, SiteSpec, StackSpec};
 use crate::problem::Problem;
 use crate::span::Pos;
 
@@ -207,7 +207,10 @@ fn fast_header(chunk: &Chunk<'_>) -> Option<(Kind, Pos)> {
             if kind.is_some() {
                 return None; // a duplicate key: let the parser say so
             }
-            kind = Some((Kind::parse(&value(rest))?, Pos::new(chunk.line_offset + i as u32 + 1, 1)));
+            kind = Some((
+                Kind::parse(&value(rest))?,
+                Pos::new(chunk.line_offset + i as u32 + 1, 1),
+            ));
         } else if let Some(rest) = line.strip_prefix("apiVersion:") {
             if api_ok || value(rest) != API_VERSION {
                 return None;
@@ -253,7 +256,10 @@ fn parse_document(path: &str, chunk: Chunk<'_>, docs: &mut Documents, problems: 
         problems.push(Problem::error(
             path,
             shift(kind.pos, &chunk),
-            format!("unknown kind `{}`, expected one of Fleet, Site, Stack", kind.value),
+            format!(
+                "unknown kind `{}`, expected one of Fleet, Site, Stack",
+                kind.value
+            ),
         ));
         return;
     };
@@ -270,7 +276,10 @@ fn parse_document(path: &str, chunk: Chunk<'_>, docs: &mut Documents, problems: 
             problems.push(Problem::error(
                 path,
                 shift(v.pos, &chunk),
-                format!("unsupported apiVersion `{}`, expected `{API_VERSION}`", v.value),
+                format!(
+                    "unsupported apiVersion `{}`, expected `{API_VERSION}`",
+                    v.value
+                ),
             ));
             return;
         }
@@ -307,8 +316,12 @@ fn push<T: DeserializeOwned + Shift>(
             }
             Err(e) => {
                 problems.push(yaml_problem(path, chunk, &e));
-                let unknown = clean_message(&e.without_snippet().to_string()).starts_with("unknown field");
-                let blanked = e.location().filter(|_| unknown).and_then(|l| blank_entry(&text, l.line() as usize, l.column() as usize));
+                let unknown =
+                    clean_message(&e.without_snippet().to_string()).starts_with("unknown field");
+                let blanked = e
+                    .location()
+                    .filter(|_| unknown)
+                    .and_then(|l| blank_entry(&text, l.line() as usize, l.column() as usize));
                 match blanked {
                     // The document stays unusable, but parsing on finds its other problems.
                     Some(t) => text = std::borrow::Cow::Owned(t),
@@ -519,9 +532,18 @@ mod tests {
         assert_eq!(
             chunks,
             vec![
-                Chunk { text: "# c\napiVersion: a\n", line_offset: 0 },
-                Chunk { text: "---\nkind: b\n", line_offset: 2 },
-                Chunk { text: "--- {x: 1}\n...\n", line_offset: 4 },
+                Chunk {
+                    text: "# c\napiVersion: a\n",
+                    line_offset: 0
+                },
+                Chunk {
+                    text: "---\nkind: b\n",
+                    line_offset: 2
+                },
+                Chunk {
+                    text: "--- {x: 1}\n...\n",
+                    line_offset: 4
+                },
             ]
         );
     }

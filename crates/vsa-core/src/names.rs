@@ -17,10 +17,15 @@ pub fn dns_name(name: &str) -> Verdict {
         return Err(format!("contains {c}, which is not allowed in a DNS name"));
     }
     if name.starts_with("*.") {
-        return Err("is a wildcard; wildcard names need DNS-01 validation, which vsa does not do".into());
+        return Err(
+            "is a wildcard; wildcard names need DNS-01 validation, which vsa does not do".into(),
+        );
     }
     if name.chars().any(|c| c.is_ascii_uppercase()) {
-        return Err(format!("must be lower case (`{}`)", name.to_ascii_lowercase()));
+        return Err(format!(
+            "must be lower case (`{}`)",
+            name.to_ascii_lowercase()
+        ));
     }
     if name.len() > 253 {
         return Err("is longer than 253 characters".into());
@@ -36,7 +41,10 @@ pub fn dns_name(name: &str) -> Verdict {
         if label.len() > 63 {
             return Err(format!("has a label longer than 63 characters (`{label}`)"));
         }
-        if !label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+        if !label
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
             return Err(format!(
                 "label `{label}` may only hold a-z, 0-9 and `-` (use punycode for international names)"
             ));
@@ -113,7 +121,9 @@ pub fn identifier(name: &str) -> Verdict {
         }
         _ => {}
     }
-    if !bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.')) {
+    if !bytes
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.'))
+    {
         return Err("may only hold a-z, 0-9, `-`, `_` and `.`".into());
     }
     if name.len() > 63 {
@@ -149,7 +159,9 @@ pub fn upstream_url(url: &str) -> Result<UpstreamUrl, String> {
         .split_once("://")
         .ok_or_else(|| "must start with http:// or https://".to_string())?;
     if scheme != "http" && scheme != "https" {
-        return Err(format!("scheme `{scheme}` is not supported, use http or https"));
+        return Err(format!(
+            "scheme `{scheme}` is not supported, use http or https"
+        ));
     }
     if rest.contains('@') {
         return Err("must not carry credentials (`user@`)".into());
@@ -165,7 +177,11 @@ pub fn upstream_url(url: &str) -> Result<UpstreamUrl, String> {
         let (h, after) = stripped
             .split_once(']')
             .ok_or_else(|| "has an unclosed `[` in the host".to_string())?;
-        if h.is_empty() || !h.bytes().all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.') {
+        if h.is_empty()
+            || !h
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+        {
             return Err(format!("`[{h}]` is not an IPv6 address"));
         }
         let port = match after.strip_prefix(':') {
@@ -185,25 +201,32 @@ pub fn upstream_url(url: &str) -> Result<UpstreamUrl, String> {
     }
     if !host.starts_with('[') {
         let is_ipv4 = host.parse::<std::net::Ipv4Addr>().is_ok();
-        let simple = host
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.' || b == b'_');
+        let simple = host.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.' || b == b'_'
+        });
         if !is_ipv4 && (!simple || host.starts_with('-') || host.starts_with('.')) {
-            return Err(format!("host `{host}` is not a lower-case host name or an IPv4 address"));
+            return Err(format!(
+                "host `{host}` is not a lower-case host name or an IPv4 address"
+            ));
         }
     }
     let port = match port {
         None => None,
         Some(p) => {
-            let n: i64 = p.parse().map_err(|_| format!("port `{p}` is not a number"))?;
+            let n: i64 = p
+                .parse()
+                .map_err(|_| format!("port `{p}` is not a number"))?;
             self::port(n)?;
             Some(n as u16)
         }
     };
-    if !path
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'.' | b'_' | b'~' | b'-' | b'%' | b'+' | b'=' | b','))
-    {
+    if !path.bytes().all(|b| {
+        b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'/' | b'.' | b'_' | b'~' | b'-' | b'%' | b'+' | b'=' | b','
+            )
+    }) {
         return Err("path may only hold letters, digits and `/._~-%+=,`".into());
     }
     Ok(UpstreamUrl {
@@ -220,11 +243,14 @@ pub fn realm(s: &str) -> Verdict {
     if s.is_empty() || s.len() > 64 {
         return Err("must be 1 to 64 characters".into());
     }
-    match s
-        .chars()
-        .find(|&c| !(c.is_ascii_alphanumeric() || matches!(c, ' ' | '.' | '_' | '-' | ':' | '/' | '(' | ')' | ',')))
-    {
-        Some(c) => Err(format!("contains {}; a realm may hold letters, digits, spaces and `._-:/(),`", describe(c))),
+    match s.chars().find(|&c| {
+        !(c.is_ascii_alphanumeric()
+            || matches!(c, ' ' | '.' | '_' | '-' | ':' | '/' | '(' | ')' | ','))
+    }) {
+        Some(c) => Err(format!(
+            "contains {}; a realm may hold letters, digits, spaces and `._-:/(),`",
+            describe(c)
+        )),
         None => Ok(()),
     }
 }
@@ -237,7 +263,9 @@ pub fn csp(s: &str) -> Verdict {
         return Err("must be 1 to 2048 characters".into());
     }
     match s.chars().find(|&c| {
-        matches!(c, '"' | '\\' | '$' | '{' | '}' | '#' | '`') || (c.is_whitespace() && c != ' ') || c.is_control()
+        matches!(c, '"' | '\\' | '$' | '{' | '}' | '#' | '`')
+            || (c.is_whitespace() && c != ' ')
+            || c.is_control()
     }) {
         Some(c) => Err(format!("contains {}", describe(c))),
         None => Ok(()),
@@ -253,7 +281,10 @@ pub fn user_name(s: &str) -> Verdict {
         .chars()
         .find(|&c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '@')))
     {
-        Some(c) => Err(format!("contains {}; a user name may hold letters, digits and `._-@`", describe(c))),
+        Some(c) => Err(format!(
+            "contains {}; a user name may hold letters, digits and `._-@`",
+            describe(c)
+        )),
         None => Ok(()),
     }
 }
@@ -262,7 +293,8 @@ pub fn user_name(s: &str) -> Verdict {
 pub fn bcrypt_hash(s: &str) -> Verdict {
     const HELP: &str = "is not a bcrypt hash (`$2b$<cost>$` and 53 more characters); make one with `vsactl hash-password`";
     let mut parts = s.splitn(4, '$');
-    let (Some(""), Some(variant), Some(cost), Some(rest)) = (parts.next(), parts.next(), parts.next(), parts.next())
+    let (Some(""), Some(variant), Some(cost), Some(rest)) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Err(HELP.into());
     };
@@ -278,7 +310,11 @@ pub fn bcrypt_hash(s: &str) -> Verdict {
     if !(4..=31).contains(&cost) {
         return Err(format!("has bcrypt cost {cost}, outside 4-31"));
     }
-    if rest.len() != 53 || !rest.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'/') {
+    if rest.len() != 53
+        || !rest
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'/')
+    {
         return Err(HELP.into());
     }
     Ok(())
@@ -287,8 +323,15 @@ pub fn bcrypt_hash(s: &str) -> Verdict {
 /// An nginx size such as `50m`, `512k` or `1g`.
 pub fn size(s: &str) -> Verdict {
     let digits = s.trim_end_matches(['k', 'K', 'm', 'M', 'g', 'G']);
-    if digits.is_empty() || s.len() - digits.len() > 1 || !digits.bytes().all(|b| b.is_ascii_digit()) || digits.len() > 9 {
-        return Err(format!("`{}` is not a size such as `50m`, `512k` or `1g`", s.escape_debug()));
+    if digits.is_empty()
+        || s.len() - digits.len() > 1
+        || !digits.bytes().all(|b| b.is_ascii_digit())
+        || digits.len() > 9
+    {
+        return Err(format!(
+            "`{}` is not a size such as `50m`, `512k` or `1g`",
+            s.escape_debug()
+        ));
     }
     Ok(())
 }
@@ -309,11 +352,15 @@ pub fn image_ref(s: &str) -> Verdict {
         None => (s, None),
     };
     if let Some(d) = digest {
-        let ok = d
-            .strip_prefix("sha256:")
-            .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+        let ok = d.strip_prefix("sha256:").is_some_and(|h| {
+            h.len() == 64
+                && h.bytes()
+                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        });
         if !ok {
-            return Err(format!("digest `{d}` is not `sha256:` and 64 lower-case hex digits"));
+            return Err(format!(
+                "digest `{d}` is not `sha256:` and 64 lower-case hex digits"
+            ));
         }
     }
     // A tag is after the last `:` that follows the last `/`.
@@ -325,10 +372,15 @@ pub fn image_ref(s: &str) -> Verdict {
     if let Some(t) = tag {
         let ok = !t.is_empty()
             && t.len() <= 128
-            && t.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_')
-            && t.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+            && t.bytes()
+                .next()
+                .is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_')
+            && t.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
         if !ok {
-            return Err(format!("tag `{t}` is not valid (letters, digits, `_.-`, at most 128)"));
+            return Err(format!(
+                "tag `{t}` is not valid (letters, digits, `_.-`, at most 128)"
+            ));
         }
     }
     let mut components: Vec<&str> = name.split('/').collect();
@@ -340,7 +392,9 @@ pub fn image_ref(s: &str) -> Verdict {
                 None => (first, None),
             };
             let host_ok = !host.is_empty()
-                && host.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-');
+                && host
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-');
             let port_ok = port.is_none_or(|p| p.parse::<u16>().is_ok());
             if !host_ok || !port_ok {
                 return Err(format!("registry `{first}` is not a host[:port]"));
@@ -393,7 +447,12 @@ pub fn duration(s: &str) -> Verdict {
 
 /// Parses `1h2m3s`, `500ms`, `60s` (and a bare number of seconds) into milliseconds.
 pub fn parse_duration(s: &str) -> Result<u64, String> {
-    let err = || format!("`{}` is not a duration such as `30s`, `5m` or `1h30m`", s.escape_debug());
+    let err = || {
+        format!(
+            "`{}` is not a duration such as `30s`, `5m` or `1h30m`",
+            s.escape_debug()
+        )
+    };
     if s.is_empty() {
         return Err(err());
     }
@@ -420,7 +479,10 @@ pub fn parse_duration(s: &str) -> Result<u64, String> {
             "d" => 86_400_000,
             _ => return Err(err()),
         };
-        total = n.checked_mul(ms).and_then(|v| total.checked_add(v)).ok_or_else(err)?;
+        total = n
+            .checked_mul(ms)
+            .and_then(|v| total.checked_add(v))
+            .ok_or_else(err)?;
     }
     Ok(total)
 }
@@ -441,7 +503,17 @@ mod tests {
         ] {
             assert_eq!(image_ref(ok), Ok(()), "{ok}");
         }
-        for bad in ["", "Nginx", "nginx:", "a//b", "nginx:bad tag", "x@sha256:12", "-a", "a..b", "nginx;rm"] {
+        for bad in [
+            "",
+            "Nginx",
+            "nginx:",
+            "a//b",
+            "nginx:bad tag",
+            "x@sha256:12",
+            "-a",
+            "a..b",
+            "nginx;rm",
+        ] {
             assert!(image_ref(bad).is_err(), "{bad}");
         }
     }
@@ -459,7 +531,9 @@ mod tests {
     fn bcrypt_hashes() {
         let good = "$2b$12$R9h/cIPz0gi.URNNX3kh2OPST9/PgBkqquzi.Ss7KIUgO2t0jWMUW";
         assert_eq!(bcrypt_hash(good), Ok(()));
-        assert!(bcrypt_hash("$2b$03$R9h/cIPz0gi.URNNX3kh2OPST9/PgBkqquzi.Ss7KIUgO2t0jWMUW").is_err());
+        assert!(
+            bcrypt_hash("$2b$03$R9h/cIPz0gi.URNNX3kh2OPST9/PgBkqquzi.Ss7KIUgO2t0jWMUW").is_err()
+        );
         assert!(bcrypt_hash("$1$abc").is_err());
         assert!(bcrypt_hash("secret").is_err());
         assert!(bcrypt_hash(&good.replace('R', ";")).is_err());

@@ -192,12 +192,18 @@ pub fn plan(
     if !sites.is_empty() {
         desired_vhosts.insert(
             HTTP_CONTEXT_FILE.to_owned(),
-            (HTTP_CONTEXT_NAME.to_owned(), renderer.http_context(sites.iter().copied())?),
+            (
+                HTTP_CONTEXT_NAME.to_owned(),
+                renderer.http_context(sites.iter().copied())?,
+            ),
         );
     }
     let rendered = render_all(renderer, &sites, observed);
     for (site, content) in sites.iter().zip(rendered) {
-        desired_vhosts.insert(Renderer::vhost_file(&site.domain), (site.domain.clone(), content?));
+        desired_vhosts.insert(
+            Renderer::vhost_file(&site.domain),
+            (site.domain.clone(), content?),
+        );
     }
     file_changes(
         &mut p,
@@ -209,21 +215,38 @@ pub fn plan(
     );
     // Say why a TLS vhost changes when it is only the certificate's coming
     // or going: that is expected, not drift.
-    for c in p.changes.iter_mut().filter(|c| c.kind == ResourceKind::Vhost && c.action == Action::Update) {
-        let Some(site) = sites.iter().find(|s| s.domain == c.name) else { continue };
+    for c in p
+        .changes
+        .iter_mut()
+        .filter(|c| c.kind == ResourceKind::Vhost && c.action == Action::Update)
+    {
+        let Some(site) = sites.iter().find(|s| s.domain == c.name) else {
+            continue;
+        };
         let has_cert = observed.certs.contains(&site.domain);
         let live = c.file.as_ref().and_then(|f| observed.vhosts.get(f));
         if site.tls == crate::model::Tls::Acme
-            && live.is_some_and(|l| renderer.vhost(site, !has_cert).is_ok_and(|other| other == l.content))
+            && live.is_some_and(|l| {
+                renderer
+                    .vhost(site, !has_cert)
+                    .is_ok_and(|other| other == l.content)
+            })
         {
-            c.reason = if has_cert { "certificate available".into() } else { "certificate missing".into() };
+            c.reason = if has_cert {
+                "certificate available".into()
+            } else {
+                "certificate missing".into()
+            };
         }
     }
 
     let mut desired_htpasswd = BTreeMap::new();
     for site in &sites {
         if let Some(content) = renderer.htpasswd(site) {
-            desired_htpasswd.insert(Renderer::htpasswd_file(&site.domain), (site.domain.clone(), content));
+            desired_htpasswd.insert(
+                Renderer::htpasswd_file(&site.domain),
+                (site.domain.clone(), content),
+            );
         }
     }
     file_changes(
@@ -252,7 +275,11 @@ pub fn plan(
 }
 
 /// Renders every site's vhost, on the renderer's threads when there are many.
-fn render_all(renderer: &Renderer, sites: &[&Site], observed: &Observed) -> Vec<Result<String, RenderError>> {
+fn render_all(
+    renderer: &Renderer,
+    sites: &[&Site],
+    observed: &Observed,
+) -> Vec<Result<String, RenderError>> {
     let one = |s: &&Site| renderer.vhost(s, observed.certs.contains(&s.domain));
     let threads = renderer.threads();
     if threads <= 1 || sites.len() < 64 {
@@ -363,13 +390,14 @@ pub fn htpasswd_diff(live: &str, desired: &str) -> String {
             .collect()
     };
     let (old, new) = (users(live), users(desired));
-    let show = |m: &BTreeMap<String, String>, other: &BTreeMap<String, String>, mark: &str| -> String {
-        m.iter()
-            .map(|(u, h)| match other.get(u) {
-                Some(h2) if h2 != h => format!("{u} ({mark} password)\n"),
-                _ => format!("{u}\n"),
-            })
-            .collect()
-    };
+    let show =
+        |m: &BTreeMap<String, String>, other: &BTreeMap<String, String>, mark: &str| -> String {
+            m.iter()
+                .map(|(u, h)| match other.get(u) {
+                    Some(h2) if h2 != h => format!("{u} ({mark} password)\n"),
+                    _ => format!("{u}\n"),
+                })
+                .collect()
+        };
     text_diff(&show(&old, &new, "old"), &show(&new, &old, "new"))
 }

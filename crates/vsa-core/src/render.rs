@@ -27,8 +27,7 @@ pub const HTTP_CONTEXT_NAME: &str = "00-vsa-http";
 
 /// The default Content-Security-Policy: forbids framing and plugins, but lets
 /// the typical proxied app (Dify, n8n, a CMS) load its own inline scripts.
-pub const DEFAULT_CSP: &str =
-    "default-src 'self' http: https: data: blob: 'unsafe-inline' 'unsafe-eval'; object-src 'none'; frame-ancestors 'none'";
+pub const DEFAULT_CSP: &str = "default-src 'self' http: https: data: blob: 'unsafe-inline' 'unsafe-eval'; object-src 'none'; frame-ancestors 'none'";
 
 #[derive(Debug, thiserror::Error)]
 pub enum RenderError {
@@ -73,7 +72,9 @@ pub struct Renderer {
 
 impl std::fmt::Debug for Renderer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Renderer").field("settings", &self.settings).finish()
+        f.debug_struct("Renderer")
+            .field("settings", &self.settings)
+            .finish()
     }
 }
 
@@ -223,7 +224,8 @@ impl Renderer {
             url,
             websockets: site.websockets,
         };
-        let ctx = Context::from_serialize(&ctx).map_err(|e| RenderError::Template(e.to_string()))?;
+        let ctx =
+            Context::from_serialize(&ctx).map_err(|e| RenderError::Template(e.to_string()))?;
         let mut out = self
             .tera
             .render("vhost.conf", &ctx)
@@ -251,7 +253,10 @@ impl Renderer {
     }
 
     /// The http-context file for the sites of one host.
-    pub fn http_context<'a>(&self, sites: impl IntoIterator<Item = &'a Site>) -> Result<String, RenderError> {
+    pub fn http_context<'a>(
+        &self,
+        sites: impl IntoIterator<Item = &'a Site>,
+    ) -> Result<String, RenderError> {
         let mut rates = BTreeSet::new();
         let mut names = 0usize;
         for s in sites {
@@ -272,7 +277,8 @@ impl Renderer {
             // one site does not rewrite this file every time.
             names_hash_max_size: (names * 2).max(1024).next_power_of_two(),
         };
-        let ctx = Context::from_serialize(&ctx).map_err(|e| RenderError::Template(e.to_string()))?;
+        let ctx =
+            Context::from_serialize(&ctx).map_err(|e| RenderError::Template(e.to_string()))?;
         let mut out = self
             .tera
             .render("http.conf", &ctx)

@@ -6,10 +6,11 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use crate::load::{parse_files_parallel, Documents, SourceFile};
+use crate::load::{Documents, SourceFile, parse_files_parallel};
 use crate::manifest::{KeyValues, Located, SiteSpec, StackSpec};
 use crate::model::{
-    Auth, AuthUser, Csp, Fleet, Healthcheck, Host, Model, RateLimit, Service, Site, Stack, Tls, Upstream,
+    Auth, AuthUser, Csp, Fleet, Healthcheck, Host, Model, RateLimit, Service, Site, Stack, Tls,
+    Upstream,
 };
 use crate::names;
 use crate::problem::{self, Problem};
@@ -62,11 +63,21 @@ impl Ctx {
         self.problems.push(Problem::warning(file, pos, msg));
     }
     /// Runs a syntax rule on a positioned string, reporting `field` on failure.
-    fn check(&mut self, file: &str, v: &Sp<String>, field: &str, rule: fn(&str) -> names::Verdict) -> bool {
+    fn check(
+        &mut self,
+        file: &str,
+        v: &Sp<String>,
+        field: &str,
+        rule: fn(&str) -> names::Verdict,
+    ) -> bool {
         match rule(&v.value) {
             Ok(()) => true,
             Err(why) => {
-                self.err(file, v.pos, format!("{field} `{}` {why}", v.value.escape_debug()));
+                self.err(
+                    file,
+                    v.pos,
+                    format!("{field} `{}` {why}", v.value.escape_debug()),
+                );
                 false
             }
         }
@@ -76,13 +87,20 @@ impl Ctx {
 /// Validates parsed documents. The model holds whatever could be built; it
 /// is only meaningful when no error was reported.
 pub fn validate(docs: &Documents) -> (Model, Vec<Problem>) {
-    let mut cx = Ctx { problems: Vec::new(), errors: 0 };
+    let mut cx = Ctx {
+        problems: Vec::new(),
+        errors: 0,
+    };
     let fleet = validate_fleet(docs, &mut cx);
     let known_hosts: Option<BTreeSet<&str>> = docs
         .fleets
         .first()
         .map(|_| fleet.hosts.iter().map(|h| h.id.as_str()).collect());
-    let defaults = docs.fleets.first().and_then(|f| f.spec.defaults.clone()).unwrap_or_default();
+    let defaults = docs
+        .fleets
+        .first()
+        .and_then(|f| f.spec.defaults.clone())
+        .unwrap_or_default();
 
     let mut stacks = Vec::new();
     for doc in &docs.stacks {
@@ -103,19 +121,33 @@ pub fn validate(docs: &Documents) -> (Model, Vec<Problem>) {
 
     sites.sort_by(|a, b| a.domain.cmp(&b.domain));
     stacks.sort_by(|a, b| (&a.host, &a.name).cmp(&(&b.host, &b.name)));
-    (Model { fleet, sites, stacks }, cx.problems)
+    (
+        Model {
+            fleet,
+            sites,
+            stacks,
+        },
+        cx.problems,
+    )
 }
 
 fn validate_fleet(docs: &Documents, cx: &mut Ctx) -> Fleet {
     let Some(first) = docs.fleets.first() else {
-        cx.err("fleet.yaml", Pos::new(1, 1), "no Fleet document found; the repository needs a fleet.yaml listing its hosts");
+        cx.err(
+            "fleet.yaml",
+            Pos::new(1, 1),
+            "no Fleet document found; the repository needs a fleet.yaml listing its hosts",
+        );
         return Fleet::default();
     };
     for extra in &docs.fleets[1..] {
         cx.err(
             &extra.file,
             extra.pos,
-            format!("a second Fleet document; the fleet is already defined at {}:{}", first.file, first.pos),
+            format!(
+                "a second Fleet document; the fleet is already defined at {}:{}",
+                first.file, first.pos
+            ),
         );
     }
     let f = &first.spec;
@@ -130,13 +162,28 @@ fn validate_fleet(docs: &Documents, cx: &mut Ctx) -> Fleet {
             continue;
         }
         if let Some(prev) = seen.insert(&h.id.value, h.id.pos) {
-            cx.err(file, h.id.pos, format!("host `{}` is listed twice (first at line {})", h.id.value, prev.line));
+            cx.err(
+                file,
+                h.id.pos,
+                format!(
+                    "host `{}` is listed twice (first at line {})",
+                    h.id.value, prev.line
+                ),
+            );
             continue;
         }
         if let Some(a) = &h.address {
-            let ok = a.value.parse::<std::net::IpAddr>().is_ok() || names::dns_name(&a.value).is_ok();
+            let ok =
+                a.value.parse::<std::net::IpAddr>().is_ok() || names::dns_name(&a.value).is_ok();
             if !ok {
-                cx.err(file, a.pos, format!("address `{}` is neither an IP address nor a DNS name", a.value.escape_debug()));
+                cx.err(
+                    file,
+                    a.pos,
+                    format!(
+                        "address `{}` is neither an IP address nor a DNS name",
+                        a.value.escape_debug()
+                    ),
+                );
             }
         }
         hosts.push(Host {
@@ -147,12 +194,25 @@ fn validate_fleet(docs: &Documents, cx: &mut Ctx) -> Fleet {
     let mut acme_email = None;
     if let Some(acme) = &f.acme {
         let e = &acme.email;
-        let ok = e.value.split_once('@').is_some_and(|(l, d)| !l.is_empty() && names::dns_name(d).is_ok())
-            && !e.value.chars().any(|c| c.is_whitespace() || c.is_control() || matches!(c, ';' | '"' | '\''));
+        let ok = e
+            .value
+            .split_once('@')
+            .is_some_and(|(l, d)| !l.is_empty() && names::dns_name(d).is_ok())
+            && !e
+                .value
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control() || matches!(c, ';' | '"' | '\''));
         if ok {
             acme_email = Some(e.value.clone());
         } else {
-            cx.err(file, e.pos, format!("acme.email `{}` is not an email address", e.value.escape_debug()));
+            cx.err(
+                file,
+                e.pos,
+                format!(
+                    "acme.email `{}` is not an email address",
+                    e.value.escape_debug()
+                ),
+            );
         }
     }
     if let Some(d) = &f.defaults {
@@ -177,7 +237,11 @@ fn check_host(file: &str, host: &Sp<String>, known: Option<&BTreeSet<&str>>, cx:
         cx.err(
             file,
             host.pos,
-            format!("host `{}` is not in the fleet (fleet.yaml lists: {})", host.value, list.join(", ")),
+            format!(
+                "host `{}` is not in the fleet (fleet.yaml lists: {})",
+                host.value,
+                list.join(", ")
+            ),
         );
         return false;
     }
@@ -188,12 +252,20 @@ fn rate_limit(file: &str, rl: &Sp<crate::manifest::RateLimit>, cx: &mut Ctx) -> 
     let r = rl.value;
     let mut ok = true;
     if !(1..=100_000).contains(&r.rps) {
-        cx.err(file, rl.pos, format!("rate_limit.rps {} is outside 1-100000", r.rps));
+        cx.err(
+            file,
+            rl.pos,
+            format!("rate_limit.rps {} is outside 1-100000", r.rps),
+        );
         ok = false;
     }
     let burst = r.burst.unwrap_or(r.rps.saturating_mul(2));
     if !(0..=1_000_000).contains(&burst) {
-        cx.err(file, rl.pos, format!("rate_limit.burst {burst} is outside 0-1000000"));
+        cx.err(
+            file,
+            rl.pos,
+            format!("rate_limit.burst {burst} is outside 0-1000000"),
+        );
         ok = false;
     }
     ok.then_some(RateLimit {
@@ -218,7 +290,11 @@ fn validate_site(
         cx.check(file, a, "alias", names::dns_name);
     }
     if s.aliases.iter().any(|a| a.value == s.domain.value) {
-        cx.warn(file, s.domain.pos, "the domain is also listed among its own aliases");
+        cx.warn(
+            file,
+            s.domain.pos,
+            "the domain is also listed among its own aliases",
+        );
     }
 
     let up = &s.upstream;
@@ -240,7 +316,11 @@ fn validate_site(
         (None, None, Some(u)) => match names::upstream_url(&u.value) {
             Ok(parsed) => Some(Upstream::Url((u.value.clone(), parsed).into())),
             Err(e) => {
-                cx.err(file, u.pos, format!("upstream.url `{}` {e}", u.value.escape_debug()));
+                cx.err(
+                    file,
+                    u.pos,
+                    format!("upstream.url `{}` {e}", u.value.escape_debug()),
+                );
                 None
             }
         },
@@ -249,15 +329,27 @@ fn validate_site(
             None
         }
         (None, Some(_), None) => {
-            cx.err(file, up.pos, "upstream.port needs upstream.container (or use upstream.url)");
+            cx.err(
+                file,
+                up.pos,
+                "upstream.port needs upstream.container (or use upstream.url)",
+            );
             None
         }
         (None, None, None) => {
-            cx.err(file, up.pos, "upstream needs either container + port, or url");
+            cx.err(
+                file,
+                up.pos,
+                "upstream needs either container + port, or url",
+            );
             None
         }
         _ => {
-            cx.err(file, up.pos, "upstream takes either container + port, or url, not both");
+            cx.err(
+                file,
+                up.pos,
+                "upstream takes either container + port, or url, not both",
+            );
             None
         }
     };
@@ -267,7 +359,11 @@ fn validate_site(
         Some("none") => Tls::None,
         Some(other) => {
             let pos = s.tls.as_ref().map_or(doc.pos, |t| t.pos);
-            cx.err(file, pos, format!("tls `{}` is not one of: acme, none", other.escape_debug()));
+            cx.err(
+                file,
+                pos,
+                format!("tls `{}` is not one of: acme, none", other.escape_debug()),
+            );
             Tls::Acme
         }
     };
@@ -281,7 +377,11 @@ fn validate_site(
             None => "Restricted".to_owned(),
         };
         if a.users.is_empty() {
-            cx.err(file, a.pos, "auth has no users; remove `auth` or add a user");
+            cx.err(
+                file,
+                a.pos,
+                "auth has no users; remove `auth` or add a user",
+            );
         }
         let mut seen: HashMap<&str, u32> = HashMap::new();
         let mut users = Vec::new();
@@ -289,10 +389,24 @@ fn validate_site(
             cx.check(file, &u.name, "auth user name", names::user_name);
             if let Err(e) = names::bcrypt_hash(&u.bcrypt.value) {
                 // Never echo the value: it may be a plaintext password pasted by mistake.
-                cx.err(file, u.bcrypt.pos, format!("auth user `{}`: bcrypt value {e}", u.name.value.escape_debug()));
+                cx.err(
+                    file,
+                    u.bcrypt.pos,
+                    format!(
+                        "auth user `{}`: bcrypt value {e}",
+                        u.name.value.escape_debug()
+                    ),
+                );
             }
             if let Some(line) = seen.insert(&u.name.value, u.name.pos.line) {
-                cx.err(file, u.name.pos, format!("auth user `{}` is listed twice (first at line {line})", u.name.value));
+                cx.err(
+                    file,
+                    u.name.pos,
+                    format!(
+                        "auth user `{}` is listed twice (first at line {line})",
+                        u.name.value
+                    ),
+                );
             }
             users.push(AuthUser {
                 name: u.name.value.clone(),
@@ -304,7 +418,14 @@ fn validate_site(
 
     let rate = match s.rate_limit.as_ref().or(defaults.rate_limit.as_ref()) {
         Some(rl) if s.rate_limit.is_some() => rate_limit(file, rl, cx),
-        Some(rl) => rate_limit("fleet.yaml", rl, &mut Ctx { problems: Vec::new(), errors: 0 }),
+        Some(rl) => rate_limit(
+            "fleet.yaml",
+            rl,
+            &mut Ctx {
+                problems: Vec::new(),
+                errors: 0,
+            },
+        ),
         None => None,
     };
     let max_body = match &s.max_body {
@@ -357,7 +478,10 @@ fn check_domain_claims(sites: &[Located<SiteSpec>], cx: &mut Ctx) {
                 Some((file, pos)) => cx.err(
                     &doc.file,
                     n.pos,
-                    format!("`{}` is already claimed by the site at {file}:{pos}", n.value),
+                    format!(
+                        "`{}` is already claimed by the site at {file}:{pos}",
+                        n.value
+                    ),
                 ),
                 None => {
                     claims.insert(&n.value, (&doc.file, n.pos));
@@ -372,7 +496,11 @@ fn check_domain_claims(sites: &[Located<SiteSpec>], cx: &mut Ctx) {
 fn check_upstream_containers(sites: &[Located<SiteSpec>], stacks: &[Stack], cx: &mut Ctx) {
     let defined: BTreeSet<(&str, &str)> = stacks
         .iter()
-        .flat_map(|st| st.services.values().map(move |svc| (st.host.as_str(), svc.container.as_str())))
+        .flat_map(|st| {
+            st.services
+                .values()
+                .map(move |svc| (st.host.as_str(), svc.container.as_str()))
+        })
         .collect();
     for doc in sites {
         if let Some(c) = &doc.spec.upstream.container
@@ -390,7 +518,11 @@ fn check_upstream_containers(sites: &[Located<SiteSpec>], stacks: &[Stack], cx: 
     }
 }
 
-fn validate_stack(doc: &Located<StackSpec>, known: Option<&BTreeSet<&str>>, cx: &mut Ctx) -> Option<Stack> {
+fn validate_stack(
+    doc: &Located<StackSpec>,
+    known: Option<&BTreeSet<&str>>,
+    cx: &mut Ctx,
+) -> Option<Stack> {
     let file = doc.file.as_str();
     let s = &doc.spec;
     let before = cx.errors;
@@ -403,11 +535,19 @@ fn validate_stack(doc: &Located<StackSpec>, known: Option<&BTreeSet<&str>>, cx: 
     for (svc_name, svc) in &s.services {
         let pos = svc.pos;
         if let Err(e) = names::identifier(svc_name) {
-            cx.err(file, pos, format!("service name `{}` {e}", svc_name.escape_debug()));
+            cx.err(
+                file,
+                pos,
+                format!("service name `{}` {e}", svc_name.escape_debug()),
+            );
         }
         let container = format!("{}-{}", s.name.value, svc_name);
         if let Err(e) = names::container_name(&container) {
-            cx.err(file, pos, format!("container name `{}` {e}", container.escape_debug()));
+            cx.err(
+                file,
+                pos,
+                format!("container name `{}` {e}", container.escape_debug()),
+            );
         }
         cx.check(file, &svc.image, "image", names::image_ref);
         for v in &svc.volumes {
@@ -415,19 +555,31 @@ fn validate_stack(doc: &Located<StackSpec>, known: Option<&BTreeSet<&str>>, cx: 
         }
         for p in &svc.ports {
             if let Err(e) = parse_port_mapping(&p.value) {
-                cx.err(file, p.pos, format!("ports entry `{}` {e}", p.value.escape_debug()));
+                cx.err(
+                    file,
+                    p.pos,
+                    format!("ports entry `{}` {e}", p.value.escape_debug()),
+                );
             }
         }
         let restart = match &svc.restart {
             None => "unless-stopped".to_owned(),
             Some(r) => {
-                let ok = matches!(r.value.as_str(), "no" | "always" | "unless-stopped" | "on-failure")
-                    || r.value.strip_prefix("on-failure:").is_some_and(|n| n.parse::<u32>().is_ok());
+                let ok = matches!(
+                    r.value.as_str(),
+                    "no" | "always" | "unless-stopped" | "on-failure"
+                ) || r
+                    .value
+                    .strip_prefix("on-failure:")
+                    .is_some_and(|n| n.parse::<u32>().is_ok());
                 if !ok {
                     cx.err(
                         file,
                         r.pos,
-                        format!("restart `{}` is not one of: no, always, on-failure[:N], unless-stopped", r.value.escape_debug()),
+                        format!(
+                            "restart `{}` is not one of: no, always, on-failure[:N], unless-stopped",
+                            r.value.escape_debug()
+                        ),
                     );
                 }
                 r.value.clone()
@@ -435,7 +587,14 @@ fn validate_stack(doc: &Located<StackSpec>, known: Option<&BTreeSet<&str>>, cx: 
         };
         for d in &svc.depends_on {
             if !s.services.contains_key(&d.value) {
-                cx.err(file, d.pos, format!("depends_on `{}` is not a service of stack `{}`", d.value, s.name.value));
+                cx.err(
+                    file,
+                    d.pos,
+                    format!(
+                        "depends_on `{}` is not a service of stack `{}`",
+                        d.value, s.name.value
+                    ),
+                );
             } else if &d.value == svc_name {
                 cx.err(file, d.pos, "a service cannot depend on itself");
             }
@@ -443,10 +602,21 @@ fn validate_stack(doc: &Located<StackSpec>, known: Option<&BTreeSet<&str>>, cx: 
         for n in &svc.networks {
             cx.check(file, n, "network", names::container_name);
         }
-        let env_file = svc.env_file.as_ref().map(|e| e.to_vec()).unwrap_or_default();
+        let env_file = svc
+            .env_file
+            .as_ref()
+            .map(|e| e.to_vec())
+            .unwrap_or_default();
         for e in &env_file {
             if !e.starts_with('/') {
-                cx.err(file, pos, format!("env_file `{}` must be an absolute path on the host", e.escape_debug()));
+                cx.err(
+                    file,
+                    pos,
+                    format!(
+                        "env_file `{}` must be an absolute path on the host",
+                        e.escape_debug()
+                    ),
+                );
             }
         }
         let healthcheck = svc.healthcheck.as_ref().map(|h| {
@@ -468,9 +638,15 @@ fn validate_stack(doc: &Located<StackSpec>, known: Option<&BTreeSet<&str>>, cx: 
             }
         });
         if let Some(KeyValues::List(l)) = &svc.environment
-            && let Some(bad) = l.iter().find(|kv| kv.split('=').next().is_none_or(str::is_empty))
+            && let Some(bad) = l
+                .iter()
+                .find(|kv| kv.split('=').next().is_none_or(str::is_empty))
         {
-            cx.err(file, pos, format!("environment entry `{}` has no name", bad.escape_debug()));
+            cx.err(
+                file,
+                pos,
+                format!("environment entry `{}` has no name", bad.escape_debug()),
+            );
         }
         services.insert(
             svc_name.clone(),
@@ -478,20 +654,32 @@ fn validate_stack(doc: &Located<StackSpec>, known: Option<&BTreeSet<&str>>, cx: 
                 container,
                 image: svc.image.value.clone(),
                 command: svc.command.as_ref().map(|c| c.to_vec()),
-                environment: svc.environment.as_ref().map(KeyValues::to_map).unwrap_or_default(),
+                environment: svc
+                    .environment
+                    .as_ref()
+                    .map(KeyValues::to_map)
+                    .unwrap_or_default(),
                 env_file,
                 volumes: svc.volumes.iter().map(|v| v.value.clone()).collect(),
                 ports: svc.ports.iter().map(|v| v.value.clone()).collect(),
                 healthcheck,
                 restart,
-                labels: svc.labels.as_ref().map(KeyValues::to_map).unwrap_or_default(),
+                labels: svc
+                    .labels
+                    .as_ref()
+                    .map(KeyValues::to_map)
+                    .unwrap_or_default(),
                 depends_on: svc.depends_on.iter().map(|v| v.value.clone()).collect(),
                 networks: svc.networks.iter().map(|v| v.value.clone()).collect(),
             },
         );
     }
     if let Some(cycle) = dependency_cycle(&services) {
-        cx.err(file, s.name.pos, format!("depends_on forms a cycle: {}", cycle.join(" -> ")));
+        cx.err(
+            file,
+            s.name.pos,
+            format!("depends_on forms a cycle: {}", cycle.join(" -> ")),
+        );
     }
     let after = cx.errors;
     (after == before).then(|| Stack {
@@ -546,9 +734,16 @@ fn check_volume(file: &str, v: &Sp<String>, cx: &mut Ctx) {
     let ok = match parts.as_slice() {
         [dst] => dst.starts_with('/'),
         [src, dst] | [src, dst, _] => {
-            !src.is_empty() && dst.starts_with('/') && parts.get(2).is_none_or(|m| {
-                m.split(',').all(|o| matches!(o, "ro" | "rw" | "z" | "Z" | "nocopy" | "cached" | "delegated"))
-            })
+            !src.is_empty()
+                && dst.starts_with('/')
+                && parts.get(2).is_none_or(|m| {
+                    m.split(',').all(|o| {
+                        matches!(
+                            o,
+                            "ro" | "rw" | "z" | "Z" | "nocopy" | "cached" | "delegated"
+                        )
+                    })
+                })
         }
         _ => false,
     };
@@ -556,7 +751,10 @@ fn check_volume(file: &str, v: &Sp<String>, cx: &mut Ctx) {
         cx.err(
             file,
             v.pos,
-            format!("volume `{}` is not `source:/target[:ro|rw]` (or an anonymous `/target`)", v.value.escape_debug()),
+            format!(
+                "volume `{}` is not `source:/target[:ro|rw]` (or an anonymous `/target`)",
+                v.value.escape_debug()
+            ),
         );
     }
 }
@@ -570,7 +768,9 @@ pub fn parse_port_mapping(s: &str) -> Result<(String, Option<u16>, u16, String),
         None => (s, "tcp".to_owned()),
     };
     let num = |p: &str| -> Result<u16, String> {
-        let n: i64 = p.parse().map_err(|_| format!("`{p}` is not a port number"))?;
+        let n: i64 = p
+            .parse()
+            .map_err(|_| format!("`{p}` is not a port number"))?;
         names::port(n)?;
         Ok(n as u16)
     };
@@ -586,7 +786,8 @@ pub fn parse_port_mapping(s: &str) -> Result<(String, Option<u16>, u16, String),
         (true, [c]) => (String::new(), None, num(c)?),
         (true, [h, c]) => (String::new(), Some(num(h)?), num(c)?),
         (true, [ip, h, c]) => {
-            ip.parse::<std::net::IpAddr>().map_err(|_| format!("`{ip}` is not an IP address"))?;
+            ip.parse::<std::net::IpAddr>()
+                .map_err(|_| format!("`{ip}` is not an IP address"))?;
             (ip.to_string(), Some(num(h)?), num(c)?)
         }
         (false, [h, c]) => (ip, Some(num(h)?), num(c)?),
@@ -605,9 +806,19 @@ fn check_stacks_across(docs: &Documents, cx: &mut Ctx) {
         let s = &doc.spec;
         let host = s.host.value.clone();
         if let Some((f, p)) = stack_names.get(&(host.clone(), s.name.value.clone())) {
-            cx.err(&doc.file, s.name.pos, format!("stack `{}` is already defined for host `{host}` at {f}:{p}", s.name.value));
+            cx.err(
+                &doc.file,
+                s.name.pos,
+                format!(
+                    "stack `{}` is already defined for host `{host}` at {f}:{p}",
+                    s.name.value
+                ),
+            );
         } else {
-            stack_names.insert((host.clone(), s.name.value.clone()), (doc.file.clone(), s.name.pos));
+            stack_names.insert(
+                (host.clone(), s.name.value.clone()),
+                (doc.file.clone(), s.name.pos),
+            );
         }
         for (svc_name, svc) in &s.services {
             let container = format!("{}-{}", s.name.value, svc_name);
@@ -615,7 +826,9 @@ fn check_stacks_across(docs: &Documents, cx: &mut Ctx) {
                 Some((f, p)) => cx.err(
                     &doc.file,
                     svc.pos,
-                    format!("container name `{container}` is already used on host `{host}` by {f}:{p}"),
+                    format!(
+                        "container name `{container}` is already used on host `{host}` by {f}:{p}"
+                    ),
                 ),
                 None => {
                     containers.insert((host.clone(), container), (doc.file.clone(), svc.pos));
@@ -625,10 +838,17 @@ fn check_stacks_across(docs: &Documents, cx: &mut Ctx) {
                 if let Ok((ip, Some(hp), _, proto)) = parse_port_mapping(&p.value) {
                     let wildcard = ip.is_empty() || ip == "0.0.0.0" || ip == "::";
                     let clash = ports.iter().find(|((h, i, port, pr), _)| {
-                        *h == host && *port == hp && *pr == proto && (wildcard || i.is_empty() || *i == ip || i == "0.0.0.0" || i == "::")
+                        *h == host
+                            && *port == hp
+                            && *pr == proto
+                            && (wildcard || i.is_empty() || *i == ip || i == "0.0.0.0" || i == "::")
                     });
                     if let Some((_, (f, pos))) = clash {
-                        cx.err(&doc.file, p.pos, format!("host port {hp}/{proto} is already published on host `{host}` by {f}:{pos}"));
+                        cx.err(
+                            &doc.file,
+                            p.pos,
+                            format!("host port {hp}/{proto} is already published on host `{host}` by {f}:{pos}"),
+                        );
                     } else {
                         ports.insert((host.clone(), ip, hp, proto), (doc.file.clone(), p.pos));
                     }

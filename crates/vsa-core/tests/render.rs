@@ -9,7 +9,8 @@ use vsa_core::plan::{Observed, ObservedFile, ResourceKind};
 use vsa_core::render::RenderSettings;
 use vsa_core::{Model, Renderer, SourceFile};
 
-const FLEET: &str = "apiVersion: vsa/v1\nkind: Fleet\nhosts:\n  - id: vps-01\ndefaults:\n  max_body: 10m\n";
+const FLEET: &str =
+    "apiVersion: vsa/v1\nkind: Fleet\nhosts:\n  - id: vps-01\ndefaults:\n  max_body: 10m\n";
 const HASH_A: &str = "$2b$04$R9h/cIPz0gi.URNNX3kh2OPST9/PgBkqquzi.Ss7KIUgO2t0jWMUW";
 const HASH_B: &str = "$2b$04$abcdefghijklmnopqrstuuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
 
@@ -158,7 +159,9 @@ fn plan_snapshots() {
     let first = vsa_core::plan(&m, "vps-01", &Observed::default(), &renderer(), None).unwrap();
     let mut o = observed_from(&first, &[]);
     let v = o.vhosts.get_mut("admin.example.com.conf").unwrap();
-    v.content = v.content.replace("proxy_http_version 1.1;", "proxy_http_version 1.0;");
+    v.content = v
+        .content
+        .replace("proxy_http_version 1.1;", "proxy_http_version 1.0;");
     o.vhosts.insert(
         "default.conf".into(),
         ObservedFile {
@@ -183,7 +186,10 @@ fn the_same_input_renders_the_same_bytes() {
     let y = "domain: a.example.com\nupstream: { url: \"http://127.0.0.1:1\" }\n";
     let m = model(&[y]);
     let r = renderer();
-    assert_eq!(r.vhost(&m.sites[0], true).unwrap(), r.vhost(&m.sites[0], true).unwrap());
+    assert_eq!(
+        r.vhost(&m.sites[0], true).unwrap(),
+        r.vhost(&m.sites[0], true).unwrap()
+    );
 }
 
 fn arb_site() -> impl Strategy<Value = String> {
@@ -203,7 +209,10 @@ fn arb_site() -> impl Strategy<Value = String> {
         .prop_map(|(name, aliases, upstream, tls, rate, ws, auth)| {
             let mut s = format!("domain: {name}.example.com\n{upstream}");
             if !aliases.is_empty() {
-                let a: Vec<String> = aliases.iter().map(|a| format!("{a}.alias.{name}.example.com")).collect();
+                let a: Vec<String> = aliases
+                    .iter()
+                    .map(|a| format!("{a}.alias.{name}.example.com"))
+                    .collect();
                 s.push_str(&format!("aliases: [{}]\n", a.join(", ")));
             }
             if !tls {
@@ -216,7 +225,9 @@ fn arb_site() -> impl Strategy<Value = String> {
                 s.push_str("websockets: true\n");
             }
             if auth {
-                s.push_str(&format!("auth:\n  users:\n    - name: u\n      bcrypt: \"{HASH_A}\"\n"));
+                s.push_str(&format!(
+                    "auth:\n  users:\n    - name: u\n      bcrypt: \"{HASH_A}\"\n"
+                ));
             }
             s
         })

@@ -30,24 +30,36 @@ pub fn observe(paths: &Paths) -> Result<Observed> {
 
 /// True when a file's first line marks it as vsa's.
 pub fn is_managed(content: &str) -> bool {
-    content.lines().next().is_some_and(|l| l.trim_end() == MANAGED_HEADER)
+    content
+        .lines()
+        .next()
+        .is_some_and(|l| l.trim_end() == MANAGED_HEADER)
 }
 
 fn entries(dir: &Path) -> Result<Vec<(String, std::fs::FileType)>> {
     let rd = match std::fs::read_dir(dir) {
         Ok(rd) => rd,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(source) => return Err(ObserveError::Read { path: dir.to_owned(), source }),
+        Err(source) => {
+            return Err(ObserveError::Read {
+                path: dir.to_owned(),
+                source,
+            });
+        }
     };
     let mut out = Vec::new();
     for entry in rd {
-        let entry = entry.map_err(|source| ObserveError::Read { path: dir.to_owned(), source })?;
+        let entry = entry.map_err(|source| ObserveError::Read {
+            path: dir.to_owned(),
+            source,
+        })?;
         let Ok(name) = entry.file_name().into_string() else {
             continue; // not UTF-8: certainly not a file vsa wrote
         };
-        let ft = entry
-            .file_type()
-            .map_err(|source| ObserveError::Read { path: entry.path(), source })?;
+        let ft = entry.file_type().map_err(|source| ObserveError::Read {
+            path: entry.path(),
+            source,
+        })?;
         out.push((name, ft));
     }
     Ok(out)

@@ -30,7 +30,10 @@ pub fn head_commit(path: &Path) -> Option<String> {
 ///
 /// `path` may be a subdirectory of the git repository: the desired state is
 /// then read from the same subdirectory at `rev`.
-pub fn files_at(path: &Path, rev: &str) -> Result<(String, Vec<SourceFile>, Vec<Problem>), GitError> {
+pub fn files_at(
+    path: &Path,
+    rev: &str,
+) -> Result<(String, Vec<SourceFile>, Vec<Problem>), GitError> {
     let repo = git2::Repository::discover(path).map_err(|source| GitError::NotARepo {
         path: path.display().to_string(),
         source,
@@ -38,8 +41,14 @@ pub fn files_at(path: &Path, rev: &str) -> Result<(String, Vec<SourceFile>, Vec<
     let commit = repo
         .revparse_single(rev)
         .and_then(|o| o.peel_to_commit())
-        .map_err(|source| GitError::Rev { rev: rev.to_owned(), source })?;
-    let tree_err = |source| GitError::Tree { rev: rev.to_owned(), source };
+        .map_err(|source| GitError::Rev {
+            rev: rev.to_owned(),
+            source,
+        })?;
+    let tree_err = |source| GitError::Tree {
+        rev: rev.to_owned(),
+        source,
+    };
     let mut tree = commit.tree().map_err(tree_err)?;
     // The desired state's place inside the git work tree.
     if let Some(workdir) = repo.workdir() {
@@ -49,7 +58,10 @@ pub fn files_at(path: &Path, rev: &str) -> Result<(String, Vec<SourceFile>, Vec<
             && !sub.as_os_str().is_empty()
         {
             let entry = tree.get_path(sub).map_err(tree_err)?;
-            tree = entry.to_object(&repo).and_then(|o| o.peel_to_tree()).map_err(tree_err)?;
+            tree = entry
+                .to_object(&repo)
+                .and_then(|o| o.peel_to_tree())
+                .map_err(tree_err)?;
         }
     }
     let mut files = Vec::new();
@@ -75,8 +87,15 @@ pub fn files_at(path: &Path, rev: &str) -> Result<(String, Vec<SourceFile>, Vec<
                         });
                     } else {
                         match std::str::from_utf8(bytes) {
-                            Ok(t) => files.push(SourceFile { path: full, text: t.to_owned() }),
-                            Err(_) => problems.push(Problem::error(&full, Pos::new(1, 1), "the file is not valid UTF-8")),
+                            Ok(t) => files.push(SourceFile {
+                                path: full,
+                                text: t.to_owned(),
+                            }),
+                            Err(_) => problems.push(Problem::error(
+                                &full,
+                                Pos::new(1, 1),
+                                "the file is not valid UTF-8",
+                            )),
                         }
                     }
                 }

@@ -21,7 +21,10 @@ pub enum RepoError {
 /// sorted. Files over the size limit are read only as far as needed to
 /// refuse them.
 pub fn read_repo(root: &Path) -> Result<(Vec<SourceFile>, Vec<Problem>), RepoError> {
-    std::fs::metadata(root).map_err(|source| RepoError::NotFound { path: root.to_owned(), source })?;
+    std::fs::metadata(root).map_err(|source| RepoError::NotFound {
+        path: root.to_owned(),
+        source,
+    })?;
     let mut files = Vec::new();
     let mut problems = Vec::new();
     for name in ["fleet.yaml", "fleet.yml"] {
@@ -48,17 +51,28 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>, depth: usize) -> Result<(), RepoErro
     let rd = match std::fs::read_dir(dir) {
         Ok(rd) => rd,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(source) => return Err(RepoError::Read { path: dir.to_owned(), source }),
+        Err(source) => {
+            return Err(RepoError::Read {
+                path: dir.to_owned(),
+                source,
+            });
+        }
     };
     for entry in rd {
-        let entry = entry.map_err(|source| RepoError::Read { path: dir.to_owned(), source })?;
+        let entry = entry.map_err(|source| RepoError::Read {
+            path: dir.to_owned(),
+            source,
+        })?;
         let path = entry.path();
         let name = entry.file_name();
         let name = name.to_string_lossy();
         if name.starts_with('.') {
             continue;
         }
-        let ft = entry.file_type().map_err(|source| RepoError::Read { path: path.clone(), source })?;
+        let ft = entry.file_type().map_err(|source| RepoError::Read {
+            path: path.clone(),
+            source,
+        })?;
         if ft.is_dir() {
             walk(&path, out, depth + 1)?;
         } else if name.ends_with(".yaml") || name.ends_with(".yml") {
@@ -75,13 +89,23 @@ fn read_one(
     problems: &mut Vec<Problem>,
 ) -> Result<(), RepoError> {
     use std::io::Read;
-    let rel = path.strip_prefix(root).unwrap_or(path).to_string_lossy().into_owned();
-    let f = std::fs::File::open(path).map_err(|source| RepoError::Read { path: path.to_owned(), source })?;
+    let rel = path
+        .strip_prefix(root)
+        .unwrap_or(path)
+        .to_string_lossy()
+        .into_owned();
+    let f = std::fs::File::open(path).map_err(|source| RepoError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
     // Read one byte past the limit: enough for the loader to refuse it.
     let mut bytes = Vec::new();
     f.take(vsa_core::load::MAX_FILE_BYTES as u64 + 1)
         .read_to_end(&mut bytes)
-        .map_err(|source| RepoError::Read { path: path.to_owned(), source })?;
+        .map_err(|source| RepoError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
     match String::from_utf8(bytes) {
         Ok(text) => files.push(SourceFile { path: rel, text }),
         Err(e) => {

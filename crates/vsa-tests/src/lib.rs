@@ -35,7 +35,9 @@ pub fn require(program: &str, why: &str) -> Option<PathBuf> {
             }
         }
     }
-    let msg = format!("`{program}` is not installed; it is needed {why} (Debian: apt-get install {program})");
+    let msg = format!(
+        "`{program}` is not installed; it is needed {why} (Debian: apt-get install {program})"
+    );
     if std::env::var("CI").is_ok_and(|v| v == "true") {
         panic!("{msg}");
     }
@@ -47,7 +49,11 @@ pub fn require(program: &str, why: &str) -> Option<PathBuf> {
 
 /// A free TCP port on loopback (bound and released; good enough for tests).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// An nginx master process with its own prefix directory, on loopback.
@@ -122,7 +128,11 @@ impl Nginx {
 
     /// Runs `nginx -t`; `Err` carries nginx's own output.
     pub fn test(&self) -> Result<(), String> {
-        let out = Command::new(&self.bin).args(self.args()).arg("-t").output().unwrap();
+        let out = Command::new(&self.bin)
+            .args(self.args())
+            .arg("-t")
+            .output()
+            .unwrap();
         if out.status.success() {
             Ok(())
         } else {
@@ -143,7 +153,11 @@ impl Nginx {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("nginx exited with {status}: {}", self.error_log());
             }
-            assert!(Instant::now() < deadline, "nginx did not listen on {port}: {}", self.error_log());
+            assert!(
+                Instant::now() < deadline,
+                "nginx did not listen on {port}: {}",
+                self.error_log()
+            );
             thread::sleep(Duration::from_millis(20));
         }
     }
@@ -156,7 +170,10 @@ impl Nginx {
 impl Drop for Nginx {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = Command::new(&self.bin).args(self.args()).args(["-s", "stop"]).output();
+            let _ = Command::new(&self.bin)
+                .args(self.args())
+                .args(["-s", "stop"])
+                .output();
             let deadline = Instant::now() + Duration::from_secs(5);
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = c.try_wait() {
@@ -172,7 +189,9 @@ impl Drop for Nginx {
 
 fn is_root() -> bool {
     // Without libc: root's home and the effective uid of /proc/self.
-    std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0).unwrap_or(false)
+    std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+        .unwrap_or(false)
 }
 
 /// An HTTP upstream that answers every request with `200` and a body naming
@@ -229,7 +248,11 @@ fn serve_one(stream: TcpStream, name: &str) {
             host = v.trim().to_owned();
         }
     }
-    let path = request_line.split_whitespace().nth(1).unwrap_or("").to_owned();
+    let path = request_line
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or("")
+        .to_owned();
     let body = format!("upstream={name} path={path} host={host}\n");
     let mut s = stream;
     let _ = write!(
@@ -294,7 +317,11 @@ pub fn basic_auth(user: &str, password: &str) -> String {
     let bytes = input.as_bytes();
     let mut out = String::new();
     for chunk in bytes.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {
@@ -317,14 +344,17 @@ pub struct Dns {
 impl Dns {
     pub fn start() -> Dns {
         let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-        sock.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
         let addr = sock.local_addr().unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
         thread::spawn(move || {
             let mut buf = [0u8; 512];
             while !stop2.load(Ordering::Relaxed) {
-                let Ok((n, peer)) = sock.recv_from(&mut buf) else { continue };
+                let Ok((n, peer)) = sock.recv_from(&mut buf) else {
+                    continue;
+                };
                 if let Some(reply) = dns_reply(&buf[..n]) {
                     let _ = sock.send_to(&reply, peer);
                 }

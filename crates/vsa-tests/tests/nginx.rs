@@ -44,7 +44,11 @@ fn host(http_port: u16, https_port: u16, resolver: &str) -> Host {
 }
 
 fn site(repo: &Path, file: &str, yaml: &str) {
-    std::fs::write(repo.join("sites").join(file), format!("apiVersion: vsa/v1\nkind: Site\nhost: test-01\n{yaml}")).unwrap();
+    std::fs::write(
+        repo.join("sites").join(file),
+        format!("apiVersion: vsa/v1\nkind: Site\nhost: test-01\n{yaml}"),
+    )
+    .unwrap();
 }
 
 /// Puts every planned file in place by hand, exactly as rendered.
@@ -71,7 +75,9 @@ fn write_planned_files(h: &Host) -> usize {
 fn self_signed(openssl: &Path, dir: &Path, domain: &str) {
     std::fs::create_dir_all(dir).unwrap();
     let out = Command::new(openssl)
-        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj"])
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+        ])
         .arg(format!("/CN={domain}"))
         .arg("-keyout")
         .arg(dir.join("privkey.pem"))
@@ -79,7 +85,11 @@ fn self_signed(openssl: &Path, dir: &Path, domain: &str) {
         .arg(dir.join("fullchain.pem"))
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -97,7 +107,14 @@ fn every_variant_passes_nginx_t_and_serves_its_upstream() {
     let h = host(http_port, https_port, &dns.addr.to_string());
     let hash = bcrypt::hash("s3cret pass", 4).unwrap();
 
-    site(&h.repo, "url.yaml", &format!("domain: url.vsa.test\nupstream: {{ url: \"http://127.0.0.1:{}\" }}\n", one.port));
+    site(
+        &h.repo,
+        "url.yaml",
+        &format!(
+            "domain: url.vsa.test\nupstream: {{ url: \"http://127.0.0.1:{}\" }}\n",
+            one.port
+        ),
+    );
     site(
         &h.repo,
         "auth.yaml",
@@ -109,7 +126,10 @@ fn every_variant_passes_nginx_t_and_serves_its_upstream() {
     site(
         &h.repo,
         "container.yaml",
-        &format!("domain: container.vsa.test\nupstream: {{ container: app-web, port: {} }}\ntls: none\n", two.port),
+        &format!(
+            "domain: container.vsa.test\nupstream: {{ container: app-web, port: {} }}\ntls: none\n",
+            two.port
+        ),
     );
     site(
         &h.repo,
@@ -122,16 +142,39 @@ fn every_variant_passes_nginx_t_and_serves_its_upstream() {
     site(
         &h.repo,
         "plain.yaml",
-        &format!("domain: plain.vsa.test\nupstream: {{ url: \"http://localhost:{}\" }}\ntls: none\ncsp: \"off\"\nrate_limit: {{ rps: 7 }}\n", two.port),
+        &format!(
+            "domain: plain.vsa.test\nupstream: {{ url: \"http://localhost:{}\" }}\ntls: none\ncsp: \"off\"\nrate_limit: {{ rps: 7 }}\n",
+            two.port
+        ),
     );
-    site(&h.repo, "tls.yaml", &format!("domain: tls.vsa.test\nupstream: {{ url: \"http://127.0.0.1:{}\" }}\n", one.port));
-    site(&h.repo, "tls-pending.yaml", &format!("domain: pending.vsa.test\nupstream: {{ url: \"http://127.0.0.1:{}\" }}\n", one.port));
-    self_signed(&openssl, &h.config.paths.letsencrypt.join("live/tls.vsa.test"), "tls.vsa.test");
+    site(
+        &h.repo,
+        "tls.yaml",
+        &format!(
+            "domain: tls.vsa.test\nupstream: {{ url: \"http://127.0.0.1:{}\" }}\n",
+            one.port
+        ),
+    );
+    site(
+        &h.repo,
+        "tls-pending.yaml",
+        &format!(
+            "domain: pending.vsa.test\nupstream: {{ url: \"http://127.0.0.1:{}\" }}\n",
+            one.port
+        ),
+    );
+    self_signed(
+        &openssl,
+        &h.config.paths.letsencrypt.join("live/tls.vsa.test"),
+        "tls.vsa.test",
+    );
 
     let written = write_planned_files(&h);
     assert!(written > 0);
     let mut nginx = Nginx::configure(nginx_bin, &h.root.join("nginx"), &h.config.paths.vhosts);
-    nginx.test().expect("every rendered variant passes nginx -t");
+    nginx
+        .test()
+        .expect("every rendered variant passes nginx -t");
 
     // Written exactly as rendered, the host is in sync.
     let again = vsactl::pipeline::plan_host(&h.config, &h.repo, "test-01").unwrap();
@@ -144,16 +187,36 @@ fn every_variant_passes_nginx_t_and_serves_its_upstream() {
     assert_eq!(r.body, "upstream=one path=/hello host=url.vsa.test\n");
     assert_eq!(r.header("X-Frame-Options"), Some("DENY"));
     assert_eq!(r.header("X-Content-Type-Options"), Some("nosniff"));
-    assert!(r.header("Content-Security-Policy").is_some_and(|v| v.contains("frame-ancestors 'none'")));
+    assert!(
+        r.header("Content-Security-Policy")
+            .is_some_and(|v| v.contains("frame-ancestors 'none'"))
+    );
 
     // Basic auth: 401 without or with a wrong password, 200 with the right one.
     let r = http_get(http_port, "auth.vsa.test", "/", &[]);
     assert_eq!(r.status, 401);
-    assert_eq!(r.header("WWW-Authenticate"), Some("Basic realm=\"Test area\""));
+    assert_eq!(
+        r.header("WWW-Authenticate"),
+        Some("Basic realm=\"Test area\"")
+    );
     let wrong = basic_auth("alice", "nope");
-    assert_eq!(http_get(http_port, "auth.vsa.test", "/", &[("Authorization", &wrong)]).status, 401);
+    assert_eq!(
+        http_get(
+            http_port,
+            "auth.vsa.test",
+            "/",
+            &[("Authorization", &wrong)]
+        )
+        .status,
+        401
+    );
     let right = basic_auth("alice", "s3cret pass");
-    let r = http_get(http_port, "auth.vsa.test", "/private", &[("Authorization", &right)]);
+    let r = http_get(
+        http_port,
+        "auth.vsa.test",
+        "/private",
+        &[("Authorization", &right)],
+    );
     assert_eq!(r.status, 200, "{r:?}\n{}", nginx.error_log());
     assert_eq!(r.body, "upstream=one path=/private host=auth.vsa.test\n");
 
@@ -161,7 +224,12 @@ fn every_variant_passes_nginx_t_and_serves_its_upstream() {
     let challenge = h.config.paths.webroot.join(".well-known/acme-challenge");
     std::fs::create_dir_all(&challenge).unwrap();
     std::fs::write(challenge.join("tok123"), "tok123.thumb").unwrap();
-    let r = http_get(http_port, "auth.vsa.test", "/.well-known/acme-challenge/tok123", &[]);
+    let r = http_get(
+        http_port,
+        "auth.vsa.test",
+        "/.well-known/acme-challenge/tok123",
+        &[],
+    );
     assert_eq!((r.status, r.body.as_str()), (200, "tok123.thumb"));
 
     // A container upstream is resolved by name at request time.
@@ -172,7 +240,10 @@ fn every_variant_passes_nginx_t_and_serves_its_upstream() {
     // Aliases are served by the same vhost; the custom CSP replaces the default.
     let r = http_get(http_port, "alt.vsa.test", "/", &[]);
     assert_eq!(r.status, 200);
-    assert_eq!(r.header("Content-Security-Policy"), Some("default-src 'none'; img-src 'self'"));
+    assert_eq!(
+        r.header("Content-Security-Policy"),
+        Some("default-src 'none'; img-src 'self'")
+    );
     let r = http_get(http_port, "plain.vsa.test", "/", &[]);
     assert_eq!(r.status, 200);
     assert_eq!(r.header("Content-Security-Policy"), None);
@@ -181,17 +252,27 @@ fn every_variant_passes_nginx_t_and_serves_its_upstream() {
     // but still answers the ACME challenge over HTTP.
     let r = http_get(http_port, "tls.vsa.test", "/x?y=1", &[]);
     assert_eq!(r.status, 301);
-    assert_eq!(r.header("Location"), Some(format!("https://tls.vsa.test:{https_port}/x?y=1").as_str()));
-    let r = http_get(http_port, "tls.vsa.test", "/.well-known/acme-challenge/tok123", &[]);
+    assert_eq!(
+        r.header("Location"),
+        Some(format!("https://tls.vsa.test:{https_port}/x?y=1").as_str())
+    );
+    let r = http_get(
+        http_port,
+        "tls.vsa.test",
+        "/.well-known/acme-challenge/tok123",
+        &[],
+    );
     assert_eq!(r.status, 200);
     // Without one yet, it is served over HTTP (no ssl_certificate to a missing file).
     let r = http_get(http_port, "pending.vsa.test", "/", &[]);
     assert_eq!(r.status, 200);
-    let pending = std::fs::read_to_string(h.config.paths.vhosts.join("pending.vsa.test.conf")).unwrap();
+    let pending =
+        std::fs::read_to_string(h.config.paths.vhosts.join("pending.vsa.test.conf")).unwrap();
     assert!(!pending.contains("ssl_certificate"));
 
     // Every request went to the site's JSON access log.
-    let log = std::fs::read_to_string(h.config.paths.access_logs.join("url.vsa.test.access.json")).unwrap();
+    let log = std::fs::read_to_string(h.config.paths.access_logs.join("url.vsa.test.access.json"))
+        .unwrap();
     let line: serde_json::Value = serde_json::from_str(log.lines().next().unwrap()).unwrap();
     assert_eq!(line["status"], 200);
     assert_eq!(line["uri"], "/hello");
@@ -209,13 +290,18 @@ fn rate_limit_answers_429_beyond_the_burst() {
     site(
         &h.repo,
         "rl.yaml",
-        &format!("domain: rl.vsa.test\nupstream: {{ url: \"http://127.0.0.1:{}\" }}\ntls: none\nrate_limit: {{ rps: 1, burst: 2 }}\n", up.port),
+        &format!(
+            "domain: rl.vsa.test\nupstream: {{ url: \"http://127.0.0.1:{}\" }}\ntls: none\nrate_limit: {{ rps: 1, burst: 2 }}\n",
+            up.port
+        ),
     );
     write_planned_files(&h);
     let mut nginx = Nginx::configure(nginx_bin, &h.root.join("nginx"), &h.config.paths.vhosts);
     nginx.test().unwrap();
     nginx.start(http_port);
-    let statuses: Vec<u16> = (0..6).map(|_| http_get(http_port, "rl.vsa.test", "/", &[]).status).collect();
+    let statuses: Vec<u16> = (0..6)
+        .map(|_| http_get(http_port, "rl.vsa.test", "/", &[]).status)
+        .collect();
     assert_eq!(&statuses[..3], &[200, 200, 200], "{statuses:?}");
     assert!(statuses[3..].contains(&429), "{statuses:?}");
 }

@@ -38,19 +38,30 @@ fn fixture(n: usize) -> Fixture {
         let upstream = if i % 2 == 0 {
             format!("upstream: {{ container: app{i}-web, port: 8080 }}\n")
         } else {
-            format!("upstream: {{ url: \"http://127.0.0.1:{}\" }}\n", 10_000 + i % 50_000)
+            format!(
+                "upstream: {{ url: \"http://127.0.0.1:{}\" }}\n",
+                10_000 + i % 50_000
+            )
         };
-        let mut s = format!("apiVersion: vsa/v1\nkind: Site\ndomain: site{i}.example.com\nhost: vps-01\n{upstream}");
+        let mut s = format!(
+            "apiVersion: vsa/v1\nkind: Site\ndomain: site{i}.example.com\nhost: vps-01\n{upstream}"
+        );
         if i % 3 == 0 {
             s.push_str(&format!("aliases: [www.site{i}.example.com]\n"));
         }
         if i % 10 == 0 {
-            s.push_str(&format!("auth:\n  users:\n    - name: admin\n      bcrypt: \"{HASH}\"\n"));
+            s.push_str(&format!(
+                "auth:\n  users:\n    - name: admin\n      bcrypt: \"{HASH}\"\n"
+            ));
         }
         if i % 4 == 0 {
             s.push_str("websockets: true\nmax_body: 50m\n");
         }
-        std::fs::write(repo.join("sites").join(format!("site{i}.example.com.yaml")), s).unwrap();
+        std::fs::write(
+            repo.join("sites").join(format!("site{i}.example.com.yaml")),
+            s,
+        )
+        .unwrap();
     }
     let config = Config::parse(&ConfigSource {
         file: "bench.yaml",
@@ -69,7 +80,11 @@ fn fixture(n: usize) -> Fixture {
             _ => unreachable!(),
         };
         std::fs::create_dir_all(dir).unwrap();
-        std::fs::write(dir.join(c.file.as_ref().unwrap()), c.content.as_deref().unwrap_or("")).unwrap();
+        std::fs::write(
+            dir.join(c.file.as_ref().unwrap()),
+            c.content.as_deref().unwrap_or(""),
+        )
+        .unwrap();
     }
     let again = vsactl::pipeline::plan_host(&config, &repo, "vps-01").unwrap();
     assert!(again.plan.in_sync(), "the fixture host must be in sync");
@@ -83,7 +98,11 @@ fn fixture(n: usize) -> Fixture {
 /// The floor: reading every file `diff` has to read, and nothing else.
 fn read_everything(repo: &Path, config: &Config) -> usize {
     let mut bytes = 0;
-    for dir in [repo.join("sites"), config.paths.vhosts.clone(), config.paths.htpasswd.clone()] {
+    for dir in [
+        repo.join("sites"),
+        config.paths.vhosts.clone(),
+        config.paths.htpasswd.clone(),
+    ] {
         for e in std::fs::read_dir(dir).unwrap() {
             bytes += std::fs::read(e.unwrap().path()).unwrap().len();
         }

@@ -18,8 +18,12 @@ pub struct Env {
 impl Env {
     pub fn from_process() -> Env {
         Env {
-            vsa_config: std::env::var_os("VSA_CONFIG").filter(|v| !v.is_empty()).map(PathBuf::from),
-            vsa_root: std::env::var_os("VSA_ROOT").filter(|v| !v.is_empty()).map(PathBuf::from),
+            vsa_config: std::env::var_os("VSA_CONFIG")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from),
+            vsa_root: std::env::var_os("VSA_ROOT")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from),
         }
     }
 }
@@ -45,7 +49,11 @@ impl Context {
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => Some(t),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => None,
-            Err(e) => return Err(anyhow!(e).context(format!("cannot read configuration {}", path.display()))),
+            Err(e) => {
+                return Err(
+                    anyhow!(e).context(format!("cannot read configuration {}", path.display()))
+                );
+            }
         };
         let base_dir = absolute(path.parent().unwrap_or(Path::new(".")));
         let file = path.display().to_string();
@@ -59,7 +67,11 @@ impl Context {
             let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
             anyhow!("invalid configuration:\n{}", lines.join("\n"))
         })?;
-        let config_origin = if text.is_some() { file } else { "built-in defaults".to_owned() };
+        let config_origin = if text.is_some() {
+            file
+        } else {
+            "built-in defaults".to_owned()
+        };
         let repo = match &global.repo {
             Some(r) => absolute(r),
             None => config.repo.path.clone(),

@@ -28,7 +28,9 @@ const WARN: Style = AnsiColor::Yellow.on_default().bold();
 pub fn run(cli: Cli, env: &Env) -> ExitCode {
     let result = match &cli.command {
         Command::Validate { format } => validate(&cli, env, *format),
-        Command::Diff { format, base, head } => diff(&cli, env, *format, base.as_deref(), head.as_deref()),
+        Command::Diff { format, base, head } => {
+            diff(&cli, env, *format, base.as_deref(), head.as_deref())
+        }
         Command::Render { site, tls } => render(&cli, env, site, *tls),
         Command::Schema => schema(),
         Command::HashPassword { cost } => hash_password(*cost),
@@ -48,8 +50,15 @@ pub fn run(cli: Cli, env: &Env) -> ExitCode {
 
 fn print_problems(problems: &[Problem]) {
     for p in problems {
-        let (style, word) = if p.is_error() { (ERR, "error") } else { (WARN, "warning") };
-        eprintln!("{}:{}:{}: {style}{word}:{style:#} {}", p.file, p.line, p.col, p.message);
+        let (style, word) = if p.is_error() {
+            (ERR, "error")
+        } else {
+            (WARN, "warning")
+        };
+        eprintln!(
+            "{}:{}:{}: {style}{word}:{style:#} {}",
+            p.file, p.line, p.col, p.message
+        );
     }
 }
 
@@ -68,8 +77,15 @@ fn validate(cli: &Cli, env: &Env, format: Format) -> Result<ExitCode> {
         }
         Format::Text | Format::Markdown => {
             for p in &problems {
-                let (style, word) = if p.is_error() { (ERR, "") } else { (WARN, "warning: ") };
-                println!("{}:{}:{}: {style}{word}{style:#}{}", p.file, p.line, p.col, p.message);
+                let (style, word) = if p.is_error() {
+                    (ERR, "")
+                } else {
+                    (WARN, "warning: ")
+                };
+                println!(
+                    "{}:{}:{}: {style}{word}{style:#}{}",
+                    p.file, p.line, p.col, p.message
+                );
             }
             match &loaded.model {
                 Some(m) if valid => eprintln!(
@@ -84,14 +100,28 @@ fn validate(cli: &Cli, env: &Env, format: Format) -> Result<ExitCode> {
                         n => format!(", {n} warning(s)"),
                     }
                 ),
-                _ => eprintln!("{}: invalid: {errors} error(s) in {} files", ctx.repo.display(), files.len()),
+                _ => eprintln!(
+                    "{}: invalid: {errors} error(s) in {} files",
+                    ctx.repo.display(),
+                    files.len()
+                ),
             }
         }
     }
-    Ok(if valid { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if valid {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
-fn diff(cli: &Cli, env: &Env, format: Format, base: Option<&str>, head: Option<&str>) -> Result<ExitCode> {
+fn diff(
+    cli: &Cli,
+    env: &Env,
+    format: Format,
+    base: Option<&str>,
+    head: Option<&str>,
+) -> Result<ExitCode> {
     let ctx = Context::load(&cli.global, env)?;
     if let Some(base) = base {
         return review(&ctx, format, base, head.unwrap_or("HEAD"));
@@ -101,7 +131,10 @@ fn diff(cli: &Cli, env: &Env, format: Format, base: Option<&str>, head: Option<&
         Ok(hp) => hp,
         Err(PipelineError::Invalid(problems)) => {
             print_problems(&problems);
-            bail!("the desired state in {} is invalid; nothing was planned", ctx.repo.display());
+            bail!(
+                "the desired state in {} is invalid; nothing was planned",
+                ctx.repo.display()
+            );
         }
         Err(e) => return Err(e.into()),
     };
@@ -112,7 +145,11 @@ fn diff(cli: &Cli, env: &Env, format: Format, base: Option<&str>, head: Option<&
         Format::Markdown => print!("{}", output::plan_markdown(plan)),
         Format::Text => print!("{}", output::plan_text(plan)),
     }
-    Ok(if plan.in_sync() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if plan.in_sync() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 fn review(ctx: &Context, format: Format, base: &str, head: &str) -> Result<ExitCode> {
@@ -125,7 +162,9 @@ fn review(ctx: &Context, format: Format, base: &str, head: &str) -> Result<ExitC
         Err(e) => return Err(e.into()),
     };
     if r.base_problems.iter().any(Problem::is_error) {
-        eprintln!("{WARN}warning:{WARN:#} the desired state at {base} is invalid; comparing against an empty fleet");
+        eprintln!(
+            "{WARN}warning:{WARN:#} the desired state at {base} is invalid; comparing against an empty fleet"
+        );
     }
     print_problems(&r.head_warnings);
     match format {
@@ -152,7 +191,11 @@ fn review(ctx: &Context, format: Format, base: &str, head: &str) -> Result<ExitC
             }
         }
     }
-    Ok(if r.hosts.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if r.hosts.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 fn render(cli: &Cli, env: &Env, site: &str, tls: bool) -> Result<ExitCode> {
@@ -169,18 +212,39 @@ fn render(cli: &Cli, env: &Env, site: &str, tls: bool) -> Result<ExitCode> {
     let Some(s) = model.site(site) else {
         let mut known: Vec<&str> = model.sites.iter().map(|s| s.domain.as_str()).collect();
         known.truncate(20);
-        bail!("no site `{site}` in {} (sites: {})", ctx.repo.display(), known.join(", "));
+        bail!(
+            "no site `{site}` in {} (sites: {})",
+            ctx.repo.display(),
+            known.join(", ")
+        );
     };
     let renderer = vsa_core::Renderer::new(vsa_core::render::RenderSettings::from(&ctx.config));
     let present = tls
-        || (ctx.config.paths.letsencrypt.join("live").join(site).join("fullchain.pem").is_file()
-            && ctx.config.paths.letsencrypt.join("live").join(site).join("privkey.pem").is_file());
+        || (ctx
+            .config
+            .paths
+            .letsencrypt
+            .join("live")
+            .join(site)
+            .join("fullchain.pem")
+            .is_file()
+            && ctx
+                .config
+                .paths
+                .letsencrypt
+                .join("live")
+                .join(site)
+                .join("privkey.pem")
+                .is_file());
     print!("{}", renderer.vhost(s, present)?);
     Ok(ExitCode::SUCCESS)
 }
 
 fn schema() -> Result<ExitCode> {
-    println!("{}", serde_json::to_string_pretty(&vsa_core::schema::manifest_schema())?);
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&vsa_core::schema::manifest_schema())?
+    );
     Ok(ExitCode::SUCCESS)
 }
 

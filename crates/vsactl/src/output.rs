@@ -39,7 +39,12 @@ pub fn plan_text(plan: &Plan) -> String {
     if plan.changes.is_empty() && plan.conflicts.is_empty() {
         let _ = writeln!(out, "{ADD}In sync:{ADD:#} nothing to change.");
     }
-    let width = plan.changes.iter().map(|c| c.kind.as_str().len()).max().unwrap_or(5);
+    let width = plan
+        .changes
+        .iter()
+        .map(|c| c.kind.as_str().len())
+        .max()
+        .unwrap_or(5);
     for c in &plan.changes {
         let (style, sign) = action_style(c.action);
         let _ = writeln!(
@@ -59,7 +64,13 @@ pub fn plan_text(plan: &Plan) -> String {
         }
     }
     for c in &plan.conflicts {
-        let _ = writeln!(out, "  {DEL}! blocked {} {}{DEL:#}: {}", c.kind.as_str(), c.name, c.message);
+        let _ = writeln!(
+            out,
+            "  {DEL}! blocked {} {}{DEL:#}: {}",
+            c.kind.as_str(),
+            c.name,
+            c.message
+        );
     }
     for u in &plan.unmanaged {
         let _ = writeln!(
@@ -140,7 +151,13 @@ pub fn plan_markdown(plan: &Plan) -> String {
         out.push('\n');
     }
     for c in &plan.conflicts {
-        let _ = writeln!(out, "> **Blocked** {} `{}`: {}\n", c.kind.as_str(), c.name, c.message);
+        let _ = writeln!(
+            out,
+            "> **Blocked** {} `{}`: {}\n",
+            c.kind.as_str(),
+            c.name,
+            c.message
+        );
     }
     for c in plan.changes.iter().filter(|c| c.diff.is_some()) {
         details(&mut out, c);
@@ -151,11 +168,7 @@ pub fn plan_markdown(plan: &Plan) -> String {
 fn details(out: &mut String, c: &Change) {
     let Some(diff) = &c.diff else { return };
     // A fence longer than any backtick run in the diff keeps it intact.
-    let longest = diff
-        .split(|ch| ch != '`')
-        .map(str::len)
-        .max()
-        .unwrap_or(0);
+    let longest = diff.split(|ch| ch != '`').map(str::len).max().unwrap_or(0);
     let fence = "`".repeat(longest.max(2) + 1);
     let _ = writeln!(
         out,

@@ -29,7 +29,8 @@ pub fn threads() -> usize {
 /// Reads and validates the repository at `repo`.
 pub fn load_repo(repo: &Path) -> Result<(Model, Vec<Problem>), PipelineError> {
     let (files, mut read_problems) = vsa_live::read_repo(repo)?;
-    let Loaded { model, problems } = vsa_core::validate::load_parallel(&files, crate::pipeline::threads());
+    let Loaded { model, problems } =
+        vsa_core::validate::load_parallel(&files, crate::pipeline::threads());
     read_problems.extend(problems);
     vsa_core::problem::sort(&mut read_problems);
     match model {
@@ -51,7 +52,13 @@ pub fn check_host(model: &Model, host: &str) -> Result<(), PipelineError> {
     } else {
         Err(PipelineError::UnknownHost {
             host: host.to_owned(),
-            known: model.fleet.hosts.iter().map(|h| h.id.as_str()).collect::<Vec<_>>().join(", "),
+            known: model
+                .fleet
+                .hosts
+                .iter()
+                .map(|h| h.id.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
         })
     }
 }
@@ -62,7 +69,13 @@ pub fn plan_host(config: &Config, repo: &Path, host: &str) -> Result<HostPlan, P
     let (model, warnings) = load_repo(repo)?;
     check_host(&model, host)?;
     let observed = vsa_live::observe(&config.paths)?;
-    let plan = plan_with(config, &model, host, &observed, vsa_live::git::head_commit(repo))?;
+    let plan = plan_with(
+        config,
+        &model,
+        host,
+        &observed,
+        vsa_live::git::head_commit(repo),
+    )?;
     Ok(HostPlan { plan, warnings })
 }
 

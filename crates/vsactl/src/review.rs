@@ -41,7 +41,9 @@ fn load_at(repo: &Path, rev: &str) -> Result<(String, Option<Model>, Vec<Problem
     let (sha, files, mut problems) = vsa_live::git::files_at(repo, rev)?;
     let loaded = vsa_core::validate::load_parallel(&files, crate::pipeline::threads());
     problems.extend(loaded.problems);
-    let model = loaded.model.filter(|_| !problems.iter().any(Problem::is_error));
+    let model = loaded
+        .model
+        .filter(|_| !problems.iter().any(Problem::is_error));
     Ok((sha, model, problems))
 }
 
@@ -51,7 +53,16 @@ fn converged(model: &Model, host: &str, renderer: &Renderer, certs: &BTreeSet<St
         certs: certs.clone(),
         ..Observed::default()
     };
-    let plan = vsa_core::plan(model, host, &Observed { certs: certs.clone(), ..Observed::default() }, renderer, None);
+    let plan = vsa_core::plan(
+        model,
+        host,
+        &Observed {
+            certs: certs.clone(),
+            ..Observed::default()
+        },
+        renderer,
+        None,
+    );
     if let Ok(plan) = plan {
         for c in plan.changes {
             let (Some(file), Some(content)) = (c.file.clone(), c.content) else {
@@ -60,7 +71,10 @@ fn converged(model: &Model, host: &str, renderer: &Renderer, certs: &BTreeSet<St
                 }
                 continue;
             };
-            let f = ObservedFile { content, managed: true };
+            let f = ObservedFile {
+                content,
+                managed: true,
+            };
             match c.kind {
                 vsa_core::plan::ResourceKind::Vhost => {
                     obs.vhosts.insert(file, f);
@@ -84,7 +98,12 @@ pub fn review(config: &Config, repo: &Path, base: &str, head: &str) -> Result<Re
     let base_model = base_model.unwrap_or_default();
     let renderer = Renderer::new(RenderSettings::from(config));
     // Steady state: every TLS site has its certificate.
-    let certs: BTreeSet<String> = base_model.sites.iter().chain(&head_model.sites).map(|s| s.domain.clone()).collect();
+    let certs: BTreeSet<String> = base_model
+        .sites
+        .iter()
+        .chain(&head_model.sites)
+        .map(|s| s.domain.clone())
+        .collect();
     let hosts: BTreeSet<&str> = base_model
         .fleet
         .hosts
@@ -95,8 +114,14 @@ pub fn review(config: &Config, repo: &Path, base: &str, head: &str) -> Result<Re
     let mut plans = Vec::new();
     for host in hosts {
         let observed = converged(&base_model, host, &renderer, &certs);
-        let plan = vsa_core::plan(&head_model, host, &observed, &renderer, Some(head_sha.clone()))
-            .map_err(PipelineError::from)?;
+        let plan = vsa_core::plan(
+            &head_model,
+            host,
+            &observed,
+            &renderer,
+            Some(head_sha.clone()),
+        )
+        .map_err(PipelineError::from)?;
         if !plan.changes.is_empty() || !plan.conflicts.is_empty() {
             plans.push(plan);
         }

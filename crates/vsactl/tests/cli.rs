@@ -22,7 +22,11 @@ impl Sandbox {
         std::fs::create_dir_all(repo.join("sites")).unwrap();
         std::fs::write(repo.join("fleet.yaml"), FLEET).unwrap();
         let config = root.join("vsa.yaml");
-        std::fs::write(&config, "host: vps-01\nrepo: { path: repo }\nnginx: { ipv6: false }\n").unwrap();
+        std::fs::write(
+            &config,
+            "host: vps-01\nrepo: { path: repo }\nnginx: { ipv6: false }\n",
+        )
+        .unwrap();
         let sb = Sandbox {
             _dir: dir,
             root,
@@ -39,12 +43,19 @@ impl Sandbox {
                 "upstream: {{ url: \"http://127.0.0.1:3000\" }}\nauth:\n  users:\n    - name: admin\n      bcrypt: \"{HASH}\"\n"
             ),
         );
-        sb.site("other.example.com", "host: vps-02\nupstream: { url: \"http://127.0.0.1:3001\" }\n");
+        sb.site(
+            "other.example.com",
+            "host: vps-02\nupstream: { url: \"http://127.0.0.1:3001\" }\n",
+        );
         sb
     }
 
     fn site(&self, domain: &str, body: &str) {
-        let host = if body.contains("host:") { "" } else { "host: vps-01\n" };
+        let host = if body.contains("host:") {
+            ""
+        } else {
+            "host: vps-01\n"
+        };
         std::fs::write(
             self.repo.join("sites").join(format!("{domain}.yaml")),
             format!("apiVersion: vsa/v1\nkind: Site\ndomain: {domain}\n{host}{body}"),
@@ -84,12 +95,23 @@ impl Sandbox {
 
     fn git(&self, args: &[&str]) {
         let out = Command::new("git")
-            .args(["-c", "user.name=t", "-c", "user.email=t@t", "-c", "init.defaultBranch=main"])
+            .args([
+                "-c",
+                "user.name=t",
+                "-c",
+                "user.email=t@t",
+                "-c",
+                "init.defaultBranch=main",
+            ])
             .args(args)
             .current_dir(&self.repo)
             .output()
             .unwrap();
-        assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
 
@@ -172,7 +194,11 @@ fn diff_follows_the_host_from_empty_to_in_sync_to_drifted() {
     let (code0, plan) = plan_json(&sb);
     assert_eq!(code0, 1);
     assert_eq!(plan["host"], "vps-01");
-    assert_eq!(plan["commit"], serde_json::Value::Null, "not a git checkout");
+    assert_eq!(
+        plan["commit"],
+        serde_json::Value::Null,
+        "not a git checkout"
+    );
     let mut got = changes(&plan);
     got.sort();
     let expect: Vec<(String, String, String)> = [
@@ -187,9 +213,17 @@ fn diff_follows_the_host_from_empty_to_in_sync_to_drifted() {
     .map(|(k, n)| (k.to_string(), n.to_string(), "create".to_string()))
     .collect();
     assert_eq!(got, expect);
-    assert_eq!(plan["summary"], serde_json::json!({"create": 6, "update": 0, "delete": 0}));
+    assert_eq!(
+        plan["summary"],
+        serde_json::json!({"create": 6, "update": 0, "delete": 0})
+    );
     // htpasswd diffs name users, never hashes.
-    let htdiff = plan["changes"].as_array().unwrap().iter().find(|c| c["kind"] == "htpasswd").unwrap()["diff"]
+    let htdiff = plan["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["kind"] == "htpasswd")
+        .unwrap()["diff"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -203,29 +237,47 @@ fn diff_follows_the_host_from_empty_to_in_sync_to_drifted() {
     assert!(stdout(&o).contains("In sync"));
 
     // An unmanaged file is reported and never planned for deletion.
-    std::fs::write(sb.path("etc/nginx/conf.d/default.conf"), "server { listen 80; }\n").unwrap();
+    std::fs::write(
+        sb.path("etc/nginx/conf.d/default.conf"),
+        "server { listen 80; }\n",
+    )
+    .unwrap();
     let (c, plan) = plan_json(&sb);
     assert_eq!(c, 0);
     assert!(plan["changes"].as_array().unwrap().is_empty());
-    assert_eq!(plan["unmanaged"], serde_json::json!([{"kind": "vhost", "file": "default.conf"}]));
+    assert_eq!(
+        plan["unmanaged"],
+        serde_json::json!([{"kind": "vhost", "file": "default.conf"}])
+    );
 
     // A hand edit is an update with a diff.
     let shop = sb.path("etc/nginx/conf.d/shop.example.com.conf");
-    let edited = std::fs::read_to_string(&shop).unwrap().replace("proxy_http_version 1.1;", "proxy_http_version 1.0;");
+    let edited = std::fs::read_to_string(&shop)
+        .unwrap()
+        .replace("proxy_http_version 1.1;", "proxy_http_version 1.0;");
     std::fs::write(&shop, edited).unwrap();
     let o = sb.vsactl(&["diff"]);
     assert_eq!(code(&o), 1);
     let text = stdout(&o);
     assert!(text.contains("~ update vhost"), "{text}");
     let (_, plan) = plan_json(&sb);
-    assert_eq!(changes(&plan), vec![("vhost".into(), "shop.example.com".into(), "update".into())]);
+    assert_eq!(
+        changes(&plan),
+        vec![("vhost".into(), "shop.example.com".into(), "update".into())]
+    );
     let d = plan["changes"][0]["diff"].as_str().unwrap();
     assert!(d.starts_with("--- live\n+++ desired\n"), "{d}");
     assert!(d.contains("-        proxy_http_version 1.0;"), "{d}");
     assert!(d.contains("+        proxy_http_version 1.1;"), "{d}");
 
     // Removing a site plans the deletion of its managed files only.
-    std::fs::write(&shop, std::fs::read_to_string(&shop).unwrap().replace("proxy_http_version 1.0;", "proxy_http_version 1.1;")).unwrap();
+    std::fs::write(
+        &shop,
+        std::fs::read_to_string(&shop)
+            .unwrap()
+            .replace("proxy_http_version 1.0;", "proxy_http_version 1.1;"),
+    )
+    .unwrap();
     std::fs::remove_file(sb.repo.join("sites/admin.example.com.yaml")).unwrap();
     let (c, plan) = plan_json(&sb);
     assert_eq!(c, 1);
@@ -234,7 +286,11 @@ fn diff_follows_the_host_from_empty_to_in_sync_to_drifted() {
     assert_eq!(
         got,
         vec![
-            ("htpasswd".into(), "admin.example.com".into(), "delete".into()),
+            (
+                "htpasswd".into(),
+                "admin.example.com".into(),
+                "delete".into()
+            ),
             ("vhost".into(), "admin.example.com".into(), "delete".into()),
         ]
     );
@@ -253,7 +309,11 @@ fn an_unmanaged_file_in_the_way_blocks_and_is_not_overwritten() {
     let (c, plan) = plan_json(&sb);
     assert_eq!(c, 1);
     assert_eq!(plan["conflicts"][0]["file"], "shop.example.com.conf");
-    assert!(!changes(&plan).iter().any(|(k, n, _)| k == "vhost" && n == "shop.example.com"));
+    assert!(
+        !changes(&plan)
+            .iter()
+            .any(|(k, n, _)| k == "vhost" && n == "shop.example.com")
+    );
 }
 
 #[test]
@@ -262,10 +322,18 @@ fn diff_of_an_invalid_repository_is_an_error_naming_file_and_line() {
     sb.site("bad.example.com", "upstream: { url: \"http://x;y\" }\n");
     let o = sb.vsactl(&["diff"]);
     assert_eq!(code(&o), 2);
-    assert!(stderr(&o).contains("sites/bad.example.com.yaml:5:"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("sites/bad.example.com.yaml:5:"),
+        "{}",
+        stderr(&o)
+    );
     let o = sb.vsactl(&["validate"]);
     assert_eq!(code(&o), 1);
-    assert!(stdout(&o).contains("sites/bad.example.com.yaml:5:"), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains("sites/bad.example.com.yaml:5:"),
+        "{}",
+        stdout(&o)
+    );
 }
 
 #[test]
@@ -273,7 +341,10 @@ fn validate_reports_every_problem_and_exits_by_the_contract() {
     let sb = Sandbox::new();
     let o = sb.vsactl(&["validate"]);
     assert_eq!(code(&o), 0, "{}", stdout(&o));
-    sb.site("Bad.example.com", "upstream: { container: x, port: 99999 }\nbogus: 1\n");
+    sb.site(
+        "Bad.example.com",
+        "upstream: { container: x, port: 99999 }\nbogus: 1\n",
+    );
     std::fs::write(sb.repo.join("sites/two.yaml"), "apiVersion: vsa/v1\nkind: Site\ndomain: a.example.com\nhost: nowhere\nupstream: { url: \"http://127.0.0.1\" }\n").unwrap();
     let o = sb.vsactl(&["validate", "--format", "json"]);
     assert_eq!(code(&o), 1);
@@ -286,10 +357,17 @@ fn validate_reports_every_problem_and_exits_by_the_contract() {
         .map(|p| format!("{}:{}:{}", p["file"].as_str().unwrap(), p["line"], p["col"]))
         .collect();
     // Every problem of the broken document, not only the first.
-    for at in ["sites/Bad.example.com.yaml:3:9", "sites/Bad.example.com.yaml:5:33", "sites/Bad.example.com.yaml:6:1"] {
+    for at in [
+        "sites/Bad.example.com.yaml:3:9",
+        "sites/Bad.example.com.yaml:5:33",
+        "sites/Bad.example.com.yaml:6:1",
+    ] {
         assert!(located.contains(&at.to_string()), "{at} not in {located:?}");
     }
-    assert!(located.contains(&"sites/two.yaml:4:7".to_string()), "{located:?}");
+    assert!(
+        located.contains(&"sites/two.yaml:4:7".to_string()),
+        "{located:?}"
+    );
 }
 
 #[test]
@@ -319,7 +397,9 @@ fn hash_password_reads_stdin_and_the_hash_validates() {
     // The hash is accepted by validation and matches the password.
     sb.site(
         "new.example.com",
-        &format!("upstream: {{ url: \"http://127.0.0.1:1\" }}\nauth:\n  users:\n    - name: u\n      bcrypt: \"{hash}\"\n"),
+        &format!(
+            "upstream: {{ url: \"http://127.0.0.1:1\" }}\nauth:\n  users:\n    - name: u\n      bcrypt: \"{hash}\"\n"
+        ),
     );
     assert_eq!(code(&sb.vsactl(&["validate"])), 0);
     let o = sb.vsactl_stdin(&["hash-password"], Some(""));
@@ -334,8 +414,19 @@ fn schema_is_json_schema_covering_every_kind() {
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["$schema"], "https://json-schema.org/draft/2020-12/schema");
     let text = stdout(&o);
-    for field in ["domain", "upstream", "services", "hosts", "rate_limit", "bcrypt", "healthcheck"] {
-        assert!(text.contains(&format!("\"{field}\"")), "schema lacks {field}");
+    for field in [
+        "domain",
+        "upstream",
+        "services",
+        "hosts",
+        "rate_limit",
+        "bcrypt",
+        "healthcheck",
+    ] {
+        assert!(
+            text.contains(&format!("\"{field}\"")),
+            "schema lacks {field}"
+        );
     }
 }
 
@@ -349,7 +440,11 @@ fn missing_host_and_missing_config_are_clear_errors() {
     let o = sb.vsactl(&["diff", "--host", "vps-09"]);
     assert_eq!(code(&o), 2);
     assert!(stderr(&o).contains("not in the fleet"), "{}", stderr(&o));
-    std::fs::write(&sb.config, "host: vps-01\nrepo: { path: repo }\nnginx: { tset: 1 }\n").unwrap();
+    std::fs::write(
+        &sb.config,
+        "host: vps-01\nrepo: { path: repo }\nnginx: { tset: 1 }\n",
+    )
+    .unwrap();
     let o = sb.vsactl(&["diff"]);
     assert_eq!(code(&o), 2);
     assert!(stderr(&o).contains("vsa.yaml:3:"), "{}", stderr(&o));
@@ -368,22 +463,42 @@ fn diff_base_head_renders_a_pull_request_per_host() {
     sb.git(&["add", "-A"]);
     sb.git(&["commit", "-qm", "base"]);
     // The change: a new site on vps-02, a changed upstream on vps-01.
-    sb.site("new.example.com", "host: vps-02\nupstream: { url: \"http://127.0.0.1:4000\" }\n");
-    sb.site("shop.example.com", "upstream: { container: shop-web, port: 9090 }\naliases: [www.shop.example.com]\n");
+    sb.site(
+        "new.example.com",
+        "host: vps-02\nupstream: { url: \"http://127.0.0.1:4000\" }\n",
+    );
+    sb.site(
+        "shop.example.com",
+        "upstream: { container: shop-web, port: 9090 }\naliases: [www.shop.example.com]\n",
+    );
     sb.git(&["add", "-A"]);
     sb.git(&["commit", "-qm", "head"]);
 
-    let o = sb.vsactl(&["diff", "--base", "HEAD~1", "--head", "HEAD", "--format", "json"]);
+    let o = sb.vsactl(&[
+        "diff", "--base", "HEAD~1", "--head", "HEAD", "--format", "json",
+    ]);
     assert_eq!(code(&o), 1, "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["base"].as_str().unwrap().len(), 40);
     let hosts = v["hosts"].as_array().unwrap();
     assert_eq!(hosts.len(), 2);
     assert_eq!(hosts[0]["host"], "vps-01");
-    assert_eq!(changes(&hosts[0]), vec![("vhost".into(), "shop.example.com".into(), "update".into())]);
-    assert!(hosts[0]["changes"][0]["diff"].as_str().unwrap().contains("+        set $vsa_upstream http://shop-web:9090;"));
+    assert_eq!(
+        changes(&hosts[0]),
+        vec![("vhost".into(), "shop.example.com".into(), "update".into())]
+    );
+    assert!(
+        hosts[0]["changes"][0]["diff"]
+            .as_str()
+            .unwrap()
+            .contains("+        set $vsa_upstream http://shop-web:9090;")
+    );
     assert_eq!(hosts[1]["host"], "vps-02");
-    assert!(changes(&hosts[1]).contains(&("vhost".into(), "new.example.com".into(), "create".into())));
+    assert!(changes(&hosts[1]).contains(&(
+        "vhost".into(),
+        "new.example.com".into(),
+        "create".into()
+    )));
 
     let o = sb.vsactl(&["diff", "--base", "HEAD~1", "--format", "markdown"]);
     assert_eq!(code(&o), 1);
@@ -404,11 +519,25 @@ fn diff_base_head_renders_a_pull_request_per_host() {
 
 #[test]
 fn help_teaches() {
-    let o = Command::new(env!("CARGO_BIN_EXE_vsactl")).arg("--help").output().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_vsactl"))
+        .arg("--help")
+        .output()
+        .unwrap();
     let h = String::from_utf8_lossy(&o.stdout);
-    for needle in ["validate", "diff", "render", "hash-password", "schema", "VSA_ROOT", "--config"] {
+    for needle in [
+        "validate",
+        "diff",
+        "render",
+        "hash-password",
+        "schema",
+        "VSA_ROOT",
+        "--config",
+    ] {
         assert!(h.contains(needle), "--help lacks {needle}");
     }
-    let o = Command::new(env!("CARGO_BIN_EXE_vsactl")).args(["diff", "--help"]).output().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_vsactl"))
+        .args(["diff", "--help"])
+        .output()
+        .unwrap();
     assert!(String::from_utf8_lossy(&o.stdout).contains("Exit status"));
 }
