@@ -284,7 +284,20 @@ fn validate_site(
     let s = &doc.spec;
     let before = cx.errors;
 
-    cx.check(file, &s.domain, "domain", names::dns_name);
+    if cx.check(file, &s.domain, "domain", names::dns_name)
+        && crate::render::Renderer::vhost_file(&s.domain).as_str() < crate::render::HTTP_CONTEXT_FILE
+    {
+        // nginx loads conf.d/*.conf in byte order; the log format must come first.
+        cx.err(
+            file,
+            s.domain.pos,
+            format!(
+                "domain `{}` would sort before vsa's {} in the vhost directory, which nginx must load first",
+                s.domain.value,
+                crate::render::HTTP_CONTEXT_FILE
+            ),
+        );
+    }
     check_host(file, &s.host, known, cx);
     for a in &s.aliases {
         cx.check(file, a, "alias", names::dns_name);
