@@ -285,7 +285,8 @@ fn validate_site(
     let before = cx.errors;
 
     if cx.check(file, &s.domain, "domain", names::dns_name)
-        && crate::render::Renderer::vhost_file(&s.domain).as_str() < crate::render::HTTP_CONTEXT_FILE
+        && crate::render::Renderer::vhost_file(&s.domain).as_str()
+            < crate::render::HTTP_CONTEXT_FILE
     {
         // nginx loads conf.d/*.conf in byte order; the log format must come first.
         cx.err(

@@ -541,3 +541,55 @@ fn help_teaches() {
         .unwrap();
     assert!(String::from_utf8_lossy(&o.stdout).contains("Exit status"));
 }
+
+#[test]
+fn configuration_comes_from_flag_then_env_then_root_default() {
+    let sb = Sandbox::new();
+    let run = |args: &[&str], envs: &[(&str, &std::path::Path)]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_vsactl"));
+        c.args(args).env_remove("VSA_CONFIG").env_remove("VSA_ROOT");
+        for (k, v) in envs {
+            c.env(k, v);
+        }
+        c.output().unwrap()
+    };
+    // $VSA_CONFIG when there is no --config.
+    let o = run(
+        &["diff", "--format", "json"],
+        &[("VSA_CONFIG", &sb.config), ("VSA_ROOT", &sb.root)],
+    );
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()["host"],
+        "vps-01"
+    );
+    // $VSA_ROOT/etc/vsa/vsa.yaml when neither is given.
+    std::fs::create_dir_all(sb.path("etc/vsa")).unwrap();
+    std::fs::write(
+        sb.path("etc/vsa/vsa.yaml"),
+        "host: vps-02\nrepo: { path: ../../repo }\n",
+    )
+    .unwrap();
+    let o = run(&["diff", "--format", "json"], &[("VSA_ROOT", &sb.root)]);
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    let plan: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(plan["host"], "vps-02");
+    assert!(changes(&plan).contains(&(
+        "vhost".into(),
+        "other.example.com".into(),
+        "create".into()
+    )));
+    // --host and --repo override the file.
+    let o = run(
+        &["diff", "--format", "json", "--host", "vps-01"],
+        &[("VSA_ROOT", &sb.root)],
+    );
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()["host"],
+        "vps-01"
+    );
+    // A missing $VSA_CONFIG file is an error, not silently the defaults.
+    let o = run(&["diff"], &[("VSA_CONFIG", &sb.path("nope.yaml"))]);
+    assert_eq!(code(&o), 2);
+    assert!(stderr(&o).contains("nope.yaml"));
+}
