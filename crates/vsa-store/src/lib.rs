@@ -1,0 +1,314 @@
+//! vsa's persistent state: the audit trail (JSONL + SQLite) and the state
+//! store (last applied commit, per-resource outcomes), one SQLite database
+//! in `paths.state` with migrations.
+//!
+//! Tables carry the host id so a hub can later hold the whole fleet in the
+//! same shape (DESIGN §6b).
+
+pub mod audit;
+pub mod time;
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::Row;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+
+pub use audit::{AuditEvent, AuditLog, NewEvent, Outcome};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot create {path}: {source}")]
+    Dir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("state database {path}: {source}")]
+    Db { path: PathBuf, source: sqlx::Error },
+    #[error("state database {path}: migration failed: {source}")]
+    Migrate {
+        path: PathBuf,
+        source: sqlx::migrate::MigrateError,
+    },
+    #[error(transparent)]
+    Audit(#[from] audit::AuditError),
+}
+
+type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+pub const DB_FILE: &str = "vsa.db";
+
+/// The outcome of the last apply of one resource.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResourceStatus {
+    pub kind: String,
+    pub name: String,
+    pub status: String,
+    pub detail: String,
+    pub commit: Option<String>,
+    pub updated_at: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: SqlitePool,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Opens (creating and migrating) the database in `state_dir`.
+    pub async fn open(state_dir: &Path) -> Result<Store> {
+        std::fs::create_dir_all(state_dir).map_err(|source| StoreError::Dir {
+            path: state_dir.to_owned(),
+            source,
+        })?;
+        let path = state_dir.join(DB_FILE);
+        let db = |source| StoreError::Db {
+            path: path.clone(),
+            source,
+        };
+        let opts = SqliteConnectOptions::from_str("sqlite://")
+            .map_err(db)?
+            .filename(&path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(opts)
+            .await
+            .map_err(db)?;
+        sqlx::migrate!("./migrations")
+            .run(&pool)
+            .await
+            .map_err(|source| StoreError::Migrate {
+                path: path.clone(),
+                source,
+            })?;
+        Ok(Store { pool, path })
+    }
+
+    fn db(&self) -> impl Fn(sqlx::Error) -> StoreError + '_ {
+        move |source| StoreError::Db {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// Inserts events (already in the JSONL log) in one transaction;
+    /// events already present (same hash) are skipped.
+    pub async fn insert_events(&self, events: &[AuditEvent]) -> Result<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await.map_err(self.db())?;
+        for e in events {
+            sqlx::query(
+                "INSERT OR IGNORE INTO audit_events \
+                 (ts, actor, host, action, target, outcome, commit_sha, detail, prev_hash, hash) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(&e.ts)
+            .bind(&e.actor)
+            .bind(&e.host)
+            .bind(&e.action)
+            .bind(&e.target)
+            .bind(e.outcome.as_str())
+            .bind(&e.commit)
+            .bind(&e.detail)
+            .bind(&e.prev_hash)
+            .bind(&e.hash)
+            .execute(&mut *tx)
+            .await
+            .map_err(self.db())?;
+        }
+        tx.commit().await.map_err(self.db())?;
+        Ok(())
+    }
+
+    /// The hash of the newest event in the database.
+    pub async fn last_event_hash(&self) -> Result<Option<String>> {
+        let row = sqlx::query("SELECT hash FROM audit_events ORDER BY seq DESC LIMIT 1")
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(self.db())?;
+        Ok(row.map(|r| r.get::<String, _>(0)))
+    }
+
+    /// Brings the database up to the JSONL log after a crash between the
+    /// two writes: inserts the log's events the database lacks.
+    pub async fn catch_up(&self, log: &AuditLog) -> Result<usize> {
+        let last = self.last_event_hash().await?;
+        if last.as_deref() == Some(log.head()) || (last.is_none() && log.head() == audit::GENESIS) {
+            return Ok(0);
+        }
+        let all = audit::read_all(log.path())?;
+        let from = match &last {
+            Some(h) => all.iter().position(|e| &e.hash == h).map_or(0, |i| i + 1),
+            None => 0,
+        };
+        let missing = &all[from..];
+        self.insert_events(missing).await?;
+        Ok(missing.len())
+    }
+
+    pub async fn event_count(&self) -> Result<i64> {
+        let row = sqlx::query("SELECT COUNT(*) FROM audit_events")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(self.db())?;
+        Ok(row.get(0))
+    }
+
+    pub async fn set_state(&self, host: &str, key: &str, value: &str) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO host_state (host, key, value) VALUES (?, ?, ?) \
+             ON CONFLICT (host, key) DO UPDATE SET value = excluded.value",
+        )
+        .bind(host)
+        .bind(key)
+        .bind(value)
+        .execute(&self.pool)
+        .await
+        .map_err(self.db())?;
+        Ok(())
+    }
+
+    pub async fn get_state(&self, host: &str, key: &str) -> Result<Option<String>> {
+        let row = sqlx::query("SELECT value FROM host_state WHERE host = ? AND key = ?")
+            .bind(host)
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(self.db())?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    pub async fn set_resource_status(&self, host: &str, s: &ResourceStatus) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO resource_status (host, kind, name, status, detail, commit_sha, updated_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (host, kind, name) DO UPDATE SET status = excluded.status, \
+             detail = excluded.detail, commit_sha = excluded.commit_sha, updated_at = excluded.updated_at",
+        )
+        .bind(host)
+        .bind(&s.kind)
+        .bind(&s.name)
+        .bind(&s.status)
+        .bind(&s.detail)
+        .bind(&s.commit)
+        .bind(&s.updated_at)
+        .execute(&self.pool)
+        .await
+        .map_err(self.db())?;
+        Ok(())
+    }
+
+    pub async fn clear_resource_status(&self, host: &str, kind: &str, name: &str) -> Result<()> {
+        sqlx::query("DELETE FROM resource_status WHERE host = ? AND kind = ? AND name = ?")
+            .bind(host)
+            .bind(kind)
+            .bind(name)
+            .execute(&self.pool)
+            .await
+            .map_err(self.db())?;
+        Ok(())
+    }
+
+    pub async fn resource_statuses(&self, host: &str) -> Result<Vec<ResourceStatus>> {
+        let rows = sqlx::query(
+            "SELECT kind, name, status, detail, commit_sha, updated_at FROM resource_status \
+             WHERE host = ? ORDER BY kind, name",
+        )
+        .bind(host)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(self.db())?;
+        Ok(rows
+            .into_iter()
+            .map(|r| ResourceStatus {
+                kind: r.get(0),
+                name: r.get(1),
+                status: r.get(2),
+                detail: r.get(3),
+                commit: r.get(4),
+                updated_at: r.get(5),
+            })
+            .collect())
+    }
+
+    pub async fn close(self) {
+        self.pool.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn events_state_and_catch_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("state")).await.unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let mut log = AuditLog::open(&path, "cli:t", "vps-01").unwrap();
+        for i in 0..3 {
+            log.record(
+                None,
+                NewEvent::new("vhost.write", format!("s{i}"), Outcome::Ok, "created"),
+            )
+            .unwrap();
+        }
+        let evs = log.sync().unwrap();
+        store.insert_events(&evs[..1]).await.unwrap();
+        // A crash between the log and the database: catch up.
+        assert_eq!(store.catch_up(&log).await.unwrap(), 2);
+        assert_eq!(store.event_count().await.unwrap(), 3);
+        assert_eq!(store.catch_up(&log).await.unwrap(), 0);
+        store.insert_events(&evs).await.unwrap();
+        assert_eq!(
+            store.event_count().await.unwrap(),
+            3,
+            "inserting twice adds nothing"
+        );
+
+        store
+            .set_state("vps-01", "last_applied_commit", "abc")
+            .await
+            .unwrap();
+        store
+            .set_state("vps-01", "last_applied_commit", "def")
+            .await
+            .unwrap();
+        assert_eq!(
+            store
+                .get_state("vps-01", "last_applied_commit")
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("def")
+        );
+        let st = ResourceStatus {
+            kind: "vhost".into(),
+            name: "a.example.com".into(),
+            status: "failed".into(),
+            detail: "nginx -t: host not found".into(),
+            commit: None,
+            updated_at: "2026-11-28T17:00:00.000Z".into(),
+        };
+        store.set_resource_status("vps-01", &st).await.unwrap();
+        assert_eq!(store.resource_statuses("vps-01").await.unwrap(), vec![st]);
+        store
+            .clear_resource_status("vps-01", "vhost", "a.example.com")
+            .await
+            .unwrap();
+        assert!(store.resource_statuses("vps-01").await.unwrap().is_empty());
+        store.close().await;
+        // Reopening runs no migration twice.
+        Store::open(&dir.path().join("state")).await.unwrap();
+    }
+}
