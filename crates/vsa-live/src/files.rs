@@ -105,3 +105,110 @@ fn certs_present(letsencrypt: &Path) -> Result<BTreeSet<String>> {
     }
     Ok(out)
 }
+
+/// Files vsa is writing start with this; observation skips dot files, and
+/// the next apply removes any a crash left behind.
+pub const TEMP_PREFIX: &str = ".vsa-tmp.";
+
+/// How a managed file is written.
+#[derive(Clone, Copy, Debug)]
+pub struct FileMode {
+    pub mode: u32,
+    /// Group to own the file (nginx workers' group for htpasswd files).
+    pub gid: Option<u32>,
+}
+
+/// Writes `content` to `dir/name` atomically: a temporary file in the same
+/// directory, fsync, permissions, rename over the old file, fsync of the
+/// directory. A crash at any point leaves the old file or the new one,
+/// never a mix.
+pub fn write_atomic(dir: &Path, name: &str, content: &[u8], mode: FileMode) -> io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!("{TEMP_PREFIX}{name}.{}", std::process::id()));
+    let result = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)?;
+        f.write_all(content)?;
+        f.set_permissions(std::fs::Permissions::from_mode(mode.mode))?;
+        if let Some(gid) = mode.gid {
+            std::os::unix::fs::fchown(&f, None, Some(gid))?;
+        }
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(&tmp, dir.join(name))?;
+        sync_dir(dir)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Removes `dir/name` only if it still carries the managed header: a file
+/// someone took over by hand since it was observed is left alone
+/// (`Ok(false)`).
+pub fn remove_managed(dir: &Path, name: &str) -> io::Result<bool> {
+    let path = dir.join(name);
+    let content = match std::fs::read(&path) {
+        Ok(c) => c,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(true),
+        Err(e) => return Err(e),
+    };
+    let meta = std::fs::symlink_metadata(&path)?;
+    if !meta.is_file() || !is_managed(&String::from_utf8_lossy(&content)) {
+        return Ok(false);
+    }
+    std::fs::remove_file(&path)?;
+    sync_dir(dir)?;
+    Ok(true)
+}
+
+/// Creates an empty file (and its directory) if it does not exist.
+pub fn ensure_file(dir: &Path, name: &str, mode: u32) -> io::Result<bool> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::create_dir_all(dir)?;
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(dir.join(name))
+    {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Removes temporary files a killed writer left in `dir`.
+pub fn clean_temp_files(dir: &Path) -> io::Result<usize> {
+    let mut n = 0;
+    for (name, ft) in entries(dir).map_err(|e| match e {
+        ObserveError::Read { source, .. } => source,
+    })? {
+        if ft.is_file() && name.starts_with(TEMP_PREFIX) {
+            std::fs::remove_file(dir.join(&name))?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// The gid of a group, from `/etc/group`.
+pub fn group_id(name: &str) -> Option<u32> {
+    let text = std::fs::read_to_string("/etc/group").ok()?;
+    text.lines().find_map(|l| {
+        let mut parts = l.split(':');
+        (parts.next()? == name).then_some(())?;
+        parts.next()?;
+        parts.next()?.parse().ok()
+    })
+}

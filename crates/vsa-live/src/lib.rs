@@ -6,6 +6,7 @@
 
 pub mod files;
 pub mod git;
+pub mod nginx;
 pub mod repo;
 
 pub use files::observe;

@@ -1,0 +1,145 @@
+//! Controlling nginx: `nginx -t` before every reload, and the reload.
+//!
+//! The commands are argv from the configuration (DESIGN §4), run on the
+//! host. Running them inside the proxy container (`nginx.container`) comes
+//! with the Docker adapter.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NginxError {
+    #[error("cannot run `{argv}`: {source}")]
+    Spawn {
+        argv: String,
+        source: std::io::Error,
+    },
+    #[error("`{argv}` timed out after {secs} s")]
+    Timeout { argv: String, secs: u64 },
+    #[error("`{argv}` failed: {}", .first_error)]
+    Failed {
+        argv: String,
+        output: String,
+        /// nginx's own first `[emerg]`/`[error]` line, or the last output line.
+        first_error: String,
+    },
+    #[error(
+        "nginx.container is set, but running nginx in a container needs the Docker adapter, which this build lacks"
+    )]
+    ContainerUnsupported,
+}
+
+#[derive(Clone, Debug)]
+pub struct NginxControl {
+    pub test: Vec<String>,
+    pub reload: Vec<String>,
+    pub container: Option<String>,
+    pub timeout: Duration,
+}
+
+impl NginxControl {
+    pub fn from_config(c: &vsa_core::config::NginxConfig) -> Self {
+        NginxControl {
+            test: c.test.clone(),
+            reload: c.reload.clone(),
+            container: c.container.clone(),
+            timeout: Duration::from_secs(120),
+        }
+    }
+
+    /// Runs `nginx -t`.
+    pub async fn test(&self) -> Result<(), NginxError> {
+        self.run(&self.test).await
+    }
+
+    /// Reloads nginx (a signal: it returns before the workers restart).
+    pub async fn reload(&self) -> Result<(), NginxError> {
+        self.run(&self.reload).await
+    }
+
+    async fn run(&self, argv: &[String]) -> Result<(), NginxError> {
+        if self.container.is_some() {
+            return Err(NginxError::ContainerUnsupported);
+        }
+        let shown = argv.join(" ");
+        let Some((program, args)) = argv.split_first() else {
+            return Err(NginxError::Spawn {
+                argv: shown,
+                source: std::io::Error::other("empty command"),
+            });
+        };
+        let child = tokio::process::Command::new(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .output();
+        let out = match tokio::time::timeout(self.timeout, child).await {
+            Err(_) => {
+                return Err(NginxError::Timeout {
+                    argv: shown,
+                    secs: self.timeout.as_secs(),
+                });
+            }
+            Ok(Err(source)) => {
+                return Err(NginxError::Spawn {
+                    argv: shown,
+                    source,
+                });
+            }
+            Ok(Ok(out)) => out,
+        };
+        if out.status.success() {
+            return Ok(());
+        }
+        let mut output = String::from_utf8_lossy(&out.stderr).into_owned();
+        output.push_str(&String::from_utf8_lossy(&out.stdout));
+        Err(NginxError::Failed {
+            argv: shown,
+            first_error: first_error(&output),
+            output,
+        })
+    }
+}
+
+/// nginx's first `[emerg]`, `[alert]`, `[crit]` or `[error]` line.
+pub fn first_error(output: &str) -> String {
+    output
+        .lines()
+        .find(|l| {
+            ["[emerg]", "[alert]", "[crit]", "[error]"]
+                .iter()
+                .any(|t| l.contains(t))
+        })
+        .or_else(|| output.lines().rev().find(|l| !l.trim().is_empty()))
+        .unwrap_or("(no output)")
+        .trim()
+        .to_owned()
+}
+
+/// The file (and line) an nginx error names: `... in /etc/nginx/conf.d/x.conf:27`.
+pub fn error_location(line: &str) -> Option<(PathBuf, u32)> {
+    let i = line.rfind(" in /")?;
+    let rest = &line[i + 4..];
+    let (path, line_no) = rest.rsplit_once(':')?;
+    Some((Path::new(path).to_owned(), line_no.trim().parse().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_error_and_its_file() {
+        let out = "nginx: [emerg] host not found in upstream \"nope.invalid\" in /x/conf.d/bad.example.com.conf:27\n\
+                   nginx: configuration file /x/nginx.conf test failed\n";
+        let e = first_error(out);
+        assert!(e.starts_with("nginx: [emerg] host not found"));
+        assert_eq!(
+            error_location(&e),
+            Some((PathBuf::from("/x/conf.d/bad.example.com.conf"), 27))
+        );
+    }
+}
