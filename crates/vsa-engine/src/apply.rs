@@ -1,0 +1,591 @@
+//! Executing plans: write, test, isolate what nginx rejects, reload once.
+//!
+//! A pass executes the whole plan, runs `nginx -t`, and reloads once. When
+//! the test fails, the sites responsible are found (nginx names the file;
+//! otherwise bisection), their previous files are put back, and the rest
+//! is reloaded: nginx is never reloaded with, nor left with, a config that
+//! fails `nginx -t`. Passes repeat (re-observe, re-plan) until the plan is
+//! empty or stops shrinking.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use vsa_core::config::Config;
+use vsa_core::plan::{Action, Change, Observed, ResourceKind};
+use vsa_core::{Model, Plan, Renderer};
+use vsa_live::files::{self, FileMode};
+use vsa_live::nginx::{NginxControl, NginxError, error_location, first_error};
+use vsa_store::{AuditLog, NewEvent, Outcome, ResourceStatus, Store};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error(transparent)]
+    Observe(#[from] vsa_live::files::ObserveError),
+    #[error(transparent)]
+    Render(#[from] vsa_core::render::RenderError),
+    #[error("cannot write the audit log, so nothing more is done: {0}")]
+    Audit(#[from] vsa_store::audit::AuditError),
+    #[error(transparent)]
+    Store(#[from] vsa_store::StoreError),
+    #[error(
+        "nginx -t fails even with all of vsa's changes taken back, so nothing was reloaded: {0}"
+    )]
+    BrokenWithoutUs(String),
+}
+
+#[derive(Clone, Debug)]
+pub struct ApplyOptions {
+    /// Re-observe and re-plan at most this many times.
+    pub max_passes: usize,
+    /// Test hook: abort the process after this many file writes, to prove
+    /// that a kill at any point leaves every file whole.
+    pub abort_after_writes: Option<usize>,
+}
+
+impl Default for ApplyOptions {
+    fn default() -> Self {
+        ApplyOptions {
+            max_passes: 4,
+            abort_after_writes: None,
+        }
+    }
+}
+
+/// What one resource change came to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Executed {
+    pub kind: ResourceKind,
+    pub name: String,
+    pub action: Action,
+    pub outcome: Outcome,
+    pub detail: String,
+}
+
+/// A site (or the http-context file) that could not be applied.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    pub name: String,
+    pub error: String,
+}
+
+#[derive(Debug, Default)]
+pub struct ApplyReport {
+    pub executed: Vec<Executed>,
+    pub failures: Vec<Failure>,
+    pub passes: usize,
+    pub writes: usize,
+    pub reloads: usize,
+    /// The plan after the last pass; empty when the host converged.
+    pub remaining: Option<Plan>,
+}
+
+impl ApplyReport {
+    pub fn converged(&self) -> bool {
+        self.failures.is_empty() && self.remaining.as_ref().is_none_or(Plan::in_sync)
+    }
+}
+
+/// Everything an apply works with.
+pub struct Ctx<'a> {
+    pub config: &'a Config,
+    pub model: &'a Model,
+    pub host: &'a str,
+    pub commit: Option<String>,
+    pub renderer: &'a Renderer,
+    pub nginx: &'a NginxControl,
+    pub audit: &'a mut AuditLog,
+    pub store: Option<&'a Store>,
+    pub options: ApplyOptions,
+}
+
+/// Converges the host to the model. Per-site failures are in the report;
+/// an `Err` means the apply could not go on at all.
+pub async fn apply(cx: &mut Ctx<'_>) -> Result<ApplyReport, ApplyError> {
+    let mut report = ApplyReport::default();
+    for dir in [&cx.config.paths.vhosts, &cx.config.paths.htpasswd] {
+        // Leftovers of a killed apply; harmless (observation skips them) but untidy.
+        let _ = files::clean_temp_files(dir);
+    }
+    let mut failed: BTreeMap<String, String> = BTreeMap::new();
+    let mut last_len = usize::MAX;
+    let mut touched: BTreeSet<String> = BTreeSet::new();
+    let result = async {
+        for _ in 0..cx.options.max_passes {
+            let observed = vsa_live::observe(&cx.config.paths)?;
+            let mut plan =
+                vsa_core::plan(cx.model, cx.host, &observed, cx.renderer, cx.commit.clone())?;
+            plan.changes.retain(|c| !failed.contains_key(&c.name));
+            if plan.changes.is_empty() || plan.changes.len() >= last_len {
+                break;
+            }
+            last_len = plan.changes.len();
+            report.passes += 1;
+            touched.extend(plan.changes.iter().map(|c| c.name.clone()));
+            run_pass(cx, &plan, &observed, &mut failed, &mut report).await?;
+        }
+        Ok::<(), ApplyError>(())
+    }
+    .await;
+    let synced = cx.audit.sync()?;
+    if let Some(store) = cx.store {
+        store.insert_events(&synced).await?;
+    }
+    result?;
+
+    report.failures = failed
+        .iter()
+        .map(|(name, error)| Failure {
+            name: name.clone(),
+            error: error.clone(),
+        })
+        .collect();
+    let observed = vsa_live::observe(&cx.config.paths)?;
+    report.remaining = Some(vsa_core::plan(
+        cx.model,
+        cx.host,
+        &observed,
+        cx.renderer,
+        cx.commit.clone(),
+    )?);
+    if let Some(store) = cx.store
+        && report.passes > 0
+    {
+        record_status(cx, store, &touched, &failed).await?;
+    }
+    Ok(report)
+}
+
+async fn record_status(
+    cx: &Ctx<'_>,
+    store: &Store,
+    touched: &BTreeSet<String>,
+    failed: &BTreeMap<String, String>,
+) -> Result<(), ApplyError> {
+    let now = vsa_store::time::format(std::time::SystemTime::now());
+    let present: BTreeSet<&str> = cx
+        .model
+        .sites_for(cx.host)
+        .map(|s| s.domain.as_str())
+        .collect();
+    for name in touched {
+        if !present.contains(name.as_str()) && !failed.contains_key(name) {
+            store.clear_resource_status(cx.host, "site", name).await?;
+            continue;
+        }
+        let (status, detail) = match failed.get(name) {
+            Some(e) => ("failed", e.clone()),
+            None => ("ok", String::new()),
+        };
+        store
+            .set_resource_status(
+                cx.host,
+                &ResourceStatus {
+                    kind: "site".into(),
+                    name: name.clone(),
+                    status: status.into(),
+                    detail,
+                    commit: cx.commit.clone(),
+                    updated_at: now.clone(),
+                },
+            )
+            .await?;
+    }
+    let outcome = if failed.is_empty() { "ok" } else { "partial" };
+    if let Some(c) = &cx.commit {
+        store.set_state(cx.host, "last_applied_commit", c).await?;
+    }
+    store.set_state(cx.host, "last_apply_at", &now).await?;
+    store
+        .set_state(cx.host, "last_apply_outcome", outcome)
+        .await?;
+    Ok(())
+}
+
+/// Changes grouped by resource name (a site's vhost, htpasswd and log go
+/// together), in plan order.
+fn groups(plan: &Plan) -> Vec<(String, Vec<&Change>)> {
+    let mut order: Vec<String> = Vec::new();
+    let mut by: BTreeMap<String, Vec<&Change>> = BTreeMap::new();
+    for c in &plan.changes {
+        if !by.contains_key(&c.name) {
+            order.push(c.name.clone());
+        }
+        by.entry(c.name.clone()).or_default().push(c);
+    }
+    order
+        .into_iter()
+        .map(|n| {
+            let v = by.remove(&n).unwrap_or_default();
+            (n, v)
+        })
+        .collect()
+}
+
+fn touches_config(c: &Change) -> bool {
+    matches!(c.kind, ResourceKind::Vhost | ResourceKind::Htpasswd)
+}
+
+struct Writer<'a> {
+    config: &'a Config,
+    gid: Option<u32>,
+    writes: usize,
+    abort_after: Option<usize>,
+}
+
+impl Writer<'_> {
+    fn dir(&self, kind: ResourceKind) -> &Path {
+        match kind {
+            ResourceKind::Vhost => &self.config.paths.vhosts,
+            ResourceKind::Htpasswd => &self.config.paths.htpasswd,
+            _ => &self.config.paths.access_logs,
+        }
+    }
+
+    fn mode(&self, kind: ResourceKind) -> FileMode {
+        match kind {
+            ResourceKind::Htpasswd => FileMode {
+                mode: 0o640,
+                gid: self.gid,
+            },
+            _ => FileMode {
+                mode: 0o644,
+                gid: None,
+            },
+        }
+    }
+
+    fn count(&mut self) {
+        self.writes += 1;
+        if self.abort_after == Some(self.writes) {
+            // The failpoint of ApplyOptions::abort_after_writes.
+            std::process::abort();
+        }
+    }
+
+    /// Puts the desired state of one change in place.
+    fn forward(&mut self, c: &Change) -> std::io::Result<String> {
+        let file = c.file.as_deref().unwrap_or(&c.name);
+        let dir = self.dir(c.kind).to_owned();
+        let detail = match (c.kind, c.action) {
+            (ResourceKind::AccessLog, _) => {
+                files::ensure_file(&dir, file, 0o640)?;
+                "created".to_owned()
+            }
+            (ResourceKind::Vhost | ResourceKind::Htpasswd, Action::Create | Action::Update) => {
+                let content = c.content.as_deref().unwrap_or("");
+                files::write_atomic(&dir, file, content.as_bytes(), self.mode(c.kind))?;
+                if c.kind == ResourceKind::Htpasswd {
+                    format!("{}; users: {}", verb(c.action), users(content))
+                } else {
+                    verb(c.action).to_owned()
+                }
+            }
+            (ResourceKind::Vhost | ResourceKind::Htpasswd, Action::Delete) => {
+                if !files::remove_managed(&dir, file)? {
+                    return Err(std::io::Error::other(format!(
+                        "{file} is no longer managed by vsa (its header changed); left in place"
+                    )));
+                }
+                "deleted".to_owned()
+            }
+            (kind, _) => {
+                return Err(std::io::Error::other(format!(
+                    "{} changes are not supported yet",
+                    kind.as_str()
+                )));
+            }
+        };
+        self.count();
+        Ok(detail)
+    }
+
+    /// Puts back what was there before `c`.
+    fn back(&mut self, c: &Change, before: &Observed) -> std::io::Result<()> {
+        let file = c.file.as_deref().unwrap_or(&c.name);
+        let dir = self.dir(c.kind).to_owned();
+        let previous = match c.kind {
+            ResourceKind::Vhost => before.vhosts.get(file),
+            ResourceKind::Htpasswd => before.htpasswd.get(file),
+            _ => return Ok(()), // an empty log file harms nothing
+        };
+        match previous {
+            Some(p) => files::write_atomic(&dir, file, p.content.as_bytes(), self.mode(c.kind))?,
+            None => {
+                files::remove_managed(&dir, file)?;
+            }
+        }
+        self.count();
+        Ok(())
+    }
+}
+
+fn verb(a: Action) -> &'static str {
+    match a {
+        Action::Create => "created",
+        Action::Update => "updated",
+        Action::Delete => "deleted",
+    }
+}
+
+/// The user names of an htpasswd file, never the hashes.
+fn users(content: &str) -> String {
+    let names: Vec<&str> = content
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split(':').next())
+        .collect();
+    names.join(", ")
+}
+
+fn action_name(c: &Change) -> String {
+    let verb = match (c.kind, c.action) {
+        (ResourceKind::AccessLog, _) => "create",
+        (_, Action::Delete) => "delete",
+        _ => "write",
+    };
+    format!("{}.{verb}", c.kind.as_str())
+}
+
+async fn run_pass(
+    cx: &mut Ctx<'_>,
+    plan: &Plan,
+    before: &Observed,
+    failed: &mut BTreeMap<String, String>,
+    report: &mut ApplyReport,
+) -> Result<(), ApplyError> {
+    let gid = vsa_live::files::group_id(&cx.config.nginx.group);
+    let mut w = Writer {
+        config: cx.config,
+        gid,
+        writes: report.writes,
+        abort_after: cx.options.abort_after_writes,
+    };
+    let commit = cx.commit.clone();
+    let groups = groups(plan);
+    // Groups whose config changes are on disk now.
+    let mut applied: Vec<usize> = Vec::new();
+    for (gi, (name, changes)) in groups.iter().enumerate() {
+        if changes
+            .iter()
+            .any(|c| c.kind == ResourceKind::Htpasswd && c.action != Action::Delete)
+            && gid.is_none()
+        {
+            let error = format!(
+                "nginx.group `{}` does not exist on this host, so the htpasswd file cannot be made readable by nginx",
+                cx.config.nginx.group
+            );
+            cx.audit.record(
+                commit.as_deref(),
+                NewEvent::new("site.apply", name, Outcome::Error, &error),
+            )?;
+            failed.insert(name.clone(), error);
+            continue;
+        }
+        let mut done: Vec<&Change> = Vec::new();
+        let mut error = None;
+        for c in changes {
+            match w.forward(c) {
+                Ok(detail) => {
+                    cx.audit.record(
+                        commit.as_deref(),
+                        NewEvent::new(action_name(c), name, Outcome::Ok, &detail),
+                    )?;
+                    report.executed.push(Executed {
+                        kind: c.kind,
+                        name: name.clone(),
+                        action: c.action,
+                        outcome: Outcome::Ok,
+                        detail,
+                    });
+                    done.push(c);
+                }
+                Err(e) => {
+                    let msg = format!(
+                        "{} {}: {e}",
+                        c.kind.as_str(),
+                        c.file.as_deref().unwrap_or(name)
+                    );
+                    cx.audit.record(
+                        commit.as_deref(),
+                        NewEvent::new(action_name(c), name, Outcome::Error, &msg),
+                    )?;
+                    report.executed.push(Executed {
+                        kind: c.kind,
+                        name: name.clone(),
+                        action: c.action,
+                        outcome: Outcome::Error,
+                        detail: msg.clone(),
+                    });
+                    error = Some(msg);
+                    break;
+                }
+            }
+        }
+        if let Some(error) = error {
+            // A site is applied whole or not at all.
+            for c in done.iter().rev() {
+                let _ = w.back(c, before);
+            }
+            failed.insert(name.clone(), error);
+            continue;
+        }
+        if changes.iter().any(|c| touches_config(c)) {
+            applied.push(gi);
+        }
+    }
+
+    if !applied.is_empty() {
+        if let Err(e) = cx.nginx.test().await {
+            isolate(cx, &mut w, &groups, &mut applied, before, failed, e).await?;
+        }
+        if !applied.is_empty() {
+            match cx.nginx.reload().await {
+                Ok(()) => {
+                    report.reloads += 1;
+                    cx.audit.record(
+                        commit.as_deref(),
+                        NewEvent::new(
+                            "nginx.reload",
+                            "nginx",
+                            Outcome::Ok,
+                            format!("{} site(s) changed", applied.len()),
+                        ),
+                    )?;
+                }
+                Err(e) => {
+                    let line = err_line(&e);
+                    cx.audit.record(
+                        commit.as_deref(),
+                        NewEvent::new("nginx.reload", "nginx", Outcome::Error, &line),
+                    )?;
+                    failed.insert("nginx".into(), format!("reload failed: {line}"));
+                }
+            }
+        }
+    }
+    report.writes = w.writes;
+    Ok(())
+}
+
+fn err_line(e: &NginxError) -> String {
+    match e {
+        NginxError::Failed { first_error, .. } => first_error.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Finds and takes back the groups nginx rejects, until `nginx -t` passes.
+async fn isolate(
+    cx: &mut Ctx<'_>,
+    w: &mut Writer<'_>,
+    groups: &[(String, Vec<&Change>)],
+    applied: &mut Vec<usize>,
+    before: &Observed,
+    failed: &mut BTreeMap<String, String>,
+    first: NginxError,
+) -> Result<(), ApplyError> {
+    let commit = cx.commit.clone();
+    let mut error = first;
+    loop {
+        let line = match &error {
+            NginxError::Failed { output, .. } => first_error(output),
+            other => other.to_string(),
+        };
+        // nginx names the file it rejects; is it one of ours?
+        let named = error_location(&line).and_then(|(path, _)| {
+            let file = path.file_name()?.to_str()?.to_owned();
+            applied.iter().position(|&gi| {
+                groups[gi]
+                    .1
+                    .iter()
+                    .any(|c| c.file.as_deref() == Some(file.as_str()))
+            })
+        });
+        let culprit = match named {
+            Some(pos) => applied.remove(pos),
+            None => match bisect(cx, w, groups, applied, before).await {
+                Some(gi) => gi,
+                None => return Err(ApplyError::BrokenWithoutUs(line)),
+            },
+        };
+        let (name, changes) = &groups[culprit];
+        for c in changes.iter().rev() {
+            if touches_config(c) {
+                let _ = w.back(c, before);
+            }
+        }
+        cx.audit.record(
+            commit.as_deref(),
+            NewEvent::new(
+                "site.isolate",
+                name,
+                Outcome::Error,
+                format!("nginx -t rejected it; previous files restored: {line}"),
+            ),
+        )?;
+        failed.insert(name.clone(), line);
+        match cx.nginx.test().await {
+            Ok(()) => return Ok(()),
+            Err(e) if applied.is_empty() => return Err(ApplyError::BrokenWithoutUs(err_line(&e))),
+            Err(e) => error = e,
+        }
+    }
+}
+
+/// When nginx's error names no file of ours: takes every applied group back
+/// and re-applies halves to find one that makes `nginx -t` fail. Returns
+/// it (removed from `applied`, the others re-applied), or `None` when the
+/// config fails even without any of our changes.
+async fn bisect(
+    cx: &mut Ctx<'_>,
+    w: &mut Writer<'_>,
+    groups: &[(String, Vec<&Change>)],
+    applied: &mut Vec<usize>,
+    before: &Observed,
+) -> Option<usize> {
+    let back = |w: &mut Writer<'_>, gi: usize| {
+        for c in groups[gi].1.iter().rev().filter(|c| touches_config(c)) {
+            let _ = w.back(c, before);
+        }
+    };
+    let forward = |w: &mut Writer<'_>, gi: usize| {
+        for c in groups[gi].1.iter().filter(|c| touches_config(c)) {
+            let _ = w.forward(c);
+        }
+    };
+    for &gi in applied.iter() {
+        back(w, gi);
+    }
+    if cx.nginx.test().await.is_err() {
+        for &gi in applied.iter() {
+            forward(w, gi);
+        }
+        return None;
+    }
+    // Invariant: the accepted groups pass; `candidates` holds a culprit.
+    let mut candidates: Vec<usize> = applied.clone();
+    while candidates.len() > 1 {
+        let half: Vec<usize> = candidates[..candidates.len() / 2].to_vec();
+        for &gi in &half {
+            forward(w, gi);
+        }
+        if cx.nginx.test().await.is_ok() {
+            candidates.drain(..half.len()); // good: keep them, look in the rest
+        } else {
+            for &gi in &half {
+                back(w, gi);
+            }
+            candidates = half;
+        }
+    }
+    let culprit = candidates.first().copied()?;
+    // Put every other group forward again; the caller re-tests.
+    for &gi in applied.iter() {
+        if gi != culprit {
+            forward(w, gi);
+        }
+    }
+    back(w, culprit);
+    applied.retain(|&gi| gi != culprit);
+    Some(culprit)
+}
