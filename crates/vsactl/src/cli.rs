@@ -86,6 +86,54 @@ pub enum Command {
         #[arg(long, value_name = "REF", requires = "base")]
         head: Option<String>,
     },
+    /// Converge this host: write vhosts, htpasswd files and logs, test, reload once
+    ///
+    /// Shows the plan, then asks on a terminal (or takes --yes). Files are
+    /// written atomically; `nginx -t` runs before the one reload of each pass.
+    /// A site nginx rejects gets its previous files back and is reported by
+    /// name with nginx's error; every other site still converges. Every action
+    /// goes to the audit log. Only one apply runs at a time on a host.
+    ///
+    /// Exit status: 0 converged, 1 something failed (the rest still applied),
+    /// 2 refused (no --yes without a terminal) or invalid input.
+    Apply {
+        /// Show the plan and what would be executed; write, reload and start nothing
+        #[arg(long)]
+        dry_run: bool,
+        /// Do not ask for confirmation
+        #[arg(long, short = 'y')]
+        yes: bool,
+        /// Output format of the plan
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+        /// How long to wait for another apply on this host to finish
+        #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+        lock_timeout: std::time::Duration,
+    },
+    /// Show each site's state (in sync, pending, drifted, failed) and the last apply
+    ///
+    /// pending: the desired state changed since the last apply (or the site
+    /// is new); drifted: the host changed while the desired state did not;
+    /// failed: the last apply could not apply it (with nginx's error).
+    Status {
+        /// Output format (text or json)
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Show the audit trail, or verify its hash chain
+    ///
+    /// Exit status: 0, or 1 with --verify when a line was edited, removed or reordered.
+    Audit {
+        /// Only events newer than this, e.g. 30m, 24h, 7d
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        since: Option<std::time::Duration>,
+        /// Check the hash chain instead of printing events
+        #[arg(long)]
+        verify: bool,
+        /// Output format (text, or json: one event per line as in the log)
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
     /// Print the vhost vsa would write for one site
     ///
     /// The HTTPS server is included only when the site's certificate is on disk
@@ -112,4 +160,8 @@ pub enum Command {
         #[arg(long, default_value_t = 12, value_parser = clap::value_parser!(u32).range(4..=31))]
         cost: u32,
     },
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    vsa_core::names::parse_duration(s).map(std::time::Duration::from_millis)
 }

@@ -13,6 +13,11 @@ use crate::cli::Global;
 pub struct Env {
     pub vsa_config: Option<PathBuf>,
     pub vsa_root: Option<PathBuf>,
+    /// Who runs the command, for the audit trail's `cli:<user>`.
+    pub user: Option<String>,
+    /// Test hook (`VSA_TEST_ABORT_AFTER_WRITES`): abort `apply` after this
+    /// many file writes, to prove a kill leaves every file whole.
+    pub abort_after_writes: Option<usize>,
 }
 
 impl Env {
@@ -24,6 +29,12 @@ impl Env {
             vsa_root: std::env::var_os("VSA_ROOT")
                 .filter(|v| !v.is_empty())
                 .map(PathBuf::from),
+            user: ["SUDO_USER", "USER", "LOGNAME"]
+                .iter()
+                .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty())),
+            abort_after_writes: std::env::var("VSA_TEST_ABORT_AFTER_WRITES")
+                .ok()
+                .and_then(|v| v.parse().ok()),
         }
     }
 }

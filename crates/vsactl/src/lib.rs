@@ -5,6 +5,7 @@
 
 pub mod cli;
 pub mod context;
+pub mod converge;
 pub mod output;
 pub mod pipeline;
 pub mod review;
@@ -31,6 +32,18 @@ pub fn run(cli: Cli, env: &Env) -> ExitCode {
         Command::Diff { format, base, head } => {
             diff(&cli, env, *format, base.as_deref(), head.as_deref())
         }
+        Command::Apply {
+            dry_run,
+            yes,
+            format,
+            lock_timeout,
+        } => converge::apply(&cli.global, env, *format, *dry_run, *yes, *lock_timeout),
+        Command::Status { format } => converge::status(&cli.global, env, *format),
+        Command::Audit {
+            since,
+            verify,
+            format,
+        } => converge::audit(&cli.global, env, *since, *verify, *format),
         Command::Render { site, tls } => render(&cli, env, site, *tls),
         Command::Schema => schema(),
         Command::HashPassword { cost } => hash_password(*cost),
@@ -48,7 +61,7 @@ pub fn run(cli: Cli, env: &Env) -> ExitCode {
     }
 }
 
-fn print_problems(problems: &[Problem]) {
+pub(crate) fn print_problems(problems: &[Problem]) {
     for p in problems {
         let (style, word) = if p.is_error() {
             (ERR, "error")

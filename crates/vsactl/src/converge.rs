@@ -1,0 +1,461 @@
+//! `vsactl apply`, `vsactl status` and `vsactl audit`: the commands that
+//! act on the host or read what acting left behind.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, IsTerminal, Write};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anstream::{eprintln, print, println};
+use anstyle::{AnsiColor, Style};
+use anyhow::{Context as _, Result};
+use serde::Serialize;
+use vsa_core::plan::{Action, Plan, ResourceKind};
+use vsa_core::render::RenderSettings;
+use vsa_core::{Model, Renderer};
+use vsa_engine::apply::{ApplyOptions, Ctx};
+use vsa_store::{AuditLog, Store};
+
+use crate::cli::Format;
+use crate::context::{Context, Env};
+use crate::pipeline::{self, PipelineError};
+
+const OK: Style = AnsiColor::Green.on_default();
+const ERR: Style = AnsiColor::Red.on_default().bold();
+const WARN: Style = AnsiColor::Yellow.on_default();
+const DIM: Style = Style::new().dimmed();
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+/// Loads and validates, mapping invalid input to exit status 2.
+fn load_valid(ctx: &Context) -> Result<std::result::Result<(Model, String), ExitCode>> {
+    let host = match ctx.host() {
+        Ok(h) => h.to_owned(),
+        Err(e) => {
+            eprintln!("{ERR}error:{ERR:#} {e}");
+            return Ok(Err(ExitCode::from(2)));
+        }
+    };
+    match pipeline::load_repo(&ctx.repo) {
+        Ok((model, warnings)) => {
+            crate::print_problems(&warnings);
+            if let Err(e) = pipeline::check_host(&model, &host) {
+                eprintln!("{ERR}error:{ERR:#} {e}");
+                return Ok(Err(ExitCode::from(2)));
+            }
+            Ok(Ok((model, host)))
+        }
+        Err(PipelineError::Invalid(problems)) => {
+            crate::print_problems(&problems);
+            eprintln!(
+                "{ERR}error:{ERR:#} the desired state in {} is invalid; nothing was applied",
+                ctx.repo.display()
+            );
+            Ok(Err(ExitCode::from(2)))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn print_plan(plan: &Plan, format: Format) -> Result<()> {
+    match format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(plan)?),
+        Format::Markdown => print!("{}", crate::output::plan_markdown(plan)),
+        Format::Text => print!("{}", crate::output::plan_text(plan)),
+    }
+    Ok(())
+}
+
+/// The steps `apply` would execute for a plan, as `--dry-run` shows them.
+fn steps(ctx: &Context, plan: &Plan) -> Vec<String> {
+    let p = &ctx.config.paths;
+    let mut out = Vec::new();
+    let mut config_changes = false;
+    for c in &plan.changes {
+        let file = c.file.as_deref().unwrap_or(&c.name);
+        let (dir, mode) = match c.kind {
+            ResourceKind::Vhost => (&p.vhosts, "0644"),
+            ResourceKind::Htpasswd => (&p.htpasswd, "0640"),
+            ResourceKind::AccessLog => (&p.access_logs, "0640"),
+            _ => (&p.state, ""),
+        };
+        let path = dir.join(file);
+        config_changes |= matches!(c.kind, ResourceKind::Vhost | ResourceKind::Htpasswd);
+        out.push(match (c.kind, c.action) {
+            (ResourceKind::AccessLog, _) => {
+                format!("create {} (empty, mode {mode})", path.display())
+            }
+            (_, Action::Delete) => format!("delete {}", path.display()),
+            (ResourceKind::Htpasswd, _) => format!(
+                "write  {} (mode {mode}, group {})",
+                path.display(),
+                ctx.config.nginx.group
+            ),
+            _ => format!("write  {} (mode {mode})", path.display()),
+        });
+    }
+    if config_changes {
+        out.push(format!("run    {}", ctx.config.nginx.test.join(" ")));
+        out.push(format!("run    {}", ctx.config.nginx.reload.join(" ")));
+    }
+    out
+}
+
+fn confirm(host: &str, n: usize) -> Result<bool> {
+    let mut err = std::io::stderr().lock();
+    write!(err, "Apply {n} change(s) to host {host}? [y/N] ")?;
+    err.flush()?;
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes"))
+}
+
+pub fn apply(
+    global: &crate::cli::Global,
+    env: &Env,
+    format: Format,
+    dry_run: bool,
+    yes: bool,
+    lock_timeout: Duration,
+) -> Result<ExitCode> {
+    let ctx = match Context::load(global, env) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{ERR}error:{ERR:#} {e:#}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let (model, host) = match load_valid(&ctx)? {
+        Ok(v) => v,
+        Err(code) => return Ok(code),
+    };
+    let commit = vsa_live::git::head_commit(&ctx.repo);
+
+    if dry_run {
+        let observed = vsa_live::observe(&ctx.config.paths)?;
+        let plan = pipeline::plan_with(&ctx.config, &model, &host, &observed, commit)?;
+        print_plan(&plan, format)?;
+        if format == Format::Text && !plan.changes.is_empty() {
+            println!("\nWould execute (dry run: nothing was written, reloaded or started):");
+            for s in steps(&ctx, &plan) {
+                println!("  {s}");
+            }
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+
+    if !yes && !std::io::stdin().is_terminal() {
+        // Refuse before taking the lock: a refused apply leaves no trace.
+        eprintln!(
+            "{ERR}error:{ERR:#} refusing to apply without --yes: stdin is not a terminal to ask for confirmation"
+        );
+        return Ok(ExitCode::from(2));
+    }
+    let _lock = vsa_engine::HostLock::acquire(&ctx.config.paths.state, lock_timeout)?;
+    let observed = vsa_live::observe(&ctx.config.paths)?;
+    let plan = pipeline::plan_with(&ctx.config, &model, &host, &observed, commit.clone())?;
+    if plan.changes.is_empty() {
+        print_plan(&plan, format)?;
+        return Ok(if plan.conflicts.is_empty() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        });
+    }
+    print_plan(&plan, format)?;
+    if !yes && !confirm(&host, plan.changes.len())? {
+        eprintln!("Nothing applied.");
+        return Ok(ExitCode::from(2));
+    }
+
+    let renderer =
+        Renderer::new(RenderSettings::from(&ctx.config)).with_threads(pipeline::threads());
+    let nginx = vsa_live::nginx::NginxControl::from_config(&ctx.config.nginx);
+    let actor = format!("cli:{}", env.user.as_deref().unwrap_or("unknown"));
+    let rt = runtime()?;
+    let report = rt.block_on(async {
+        let store = Store::open(&ctx.config.paths.state).await?;
+        let mut audit = AuditLog::open(&ctx.config.paths.audit_log, &actor, &host)?;
+        store.catch_up(&audit).await?;
+        let mut cx = Ctx {
+            config: &ctx.config,
+            model: &model,
+            host: &host,
+            commit,
+            renderer: &renderer,
+            nginx: &nginx,
+            audit: &mut audit,
+            store: Some(&store),
+            options: ApplyOptions {
+                abort_after_writes: env.abort_after_writes,
+                ..ApplyOptions::default()
+            },
+        };
+        let r = vsa_engine::apply(&mut cx).await;
+        store.close().await;
+        anyhow::Ok(r?)
+    })?;
+
+    for e in &report.executed {
+        let style = if e.outcome == vsa_store::Outcome::Ok {
+            OK
+        } else {
+            ERR
+        };
+        eprintln!(
+            "  {style}{:<7}{style:#} {:<10} {} {DIM}{}{DIM:#}",
+            e.outcome.as_str(),
+            e.kind.as_str(),
+            e.name,
+            e.detail
+        );
+    }
+    let remaining = report.remaining.as_ref();
+    let conflicts = remaining.map_or(0, |p| p.conflicts.len());
+    if report.failures.is_empty() && conflicts == 0 {
+        eprintln!(
+            "{OK}Converged:{OK:#} {} write(s), {} reload(s) in {} pass(es).",
+            report.writes, report.reloads, report.passes
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    for f in &report.failures {
+        eprintln!("{ERR}failed:{ERR:#} {}: {}", f.name, f.error);
+    }
+    if let Some(p) = remaining {
+        for c in &p.conflicts {
+            eprintln!(
+                "{ERR}blocked:{ERR:#} {} {}: {}",
+                c.kind.as_str(),
+                c.name,
+                c.message
+            );
+        }
+    }
+    eprintln!(
+        "{WARN}Partly applied:{WARN:#} {} failed, {} blocked; everything else converged ({} write(s), {} reload(s)).",
+        report.failures.len(),
+        conflicts,
+        report.writes,
+        report.reloads
+    );
+    Ok(ExitCode::from(1))
+}
+
+#[derive(Serialize)]
+struct SiteStatus {
+    domain: String,
+    status: &'static str,
+    detail: String,
+    changes: usize,
+}
+
+#[derive(Serialize)]
+struct StatusReport {
+    host: String,
+    mode: vsa_core::config::Mode,
+    commit: Option<String>,
+    last_applied_commit: Option<String>,
+    last_apply_at: Option<String>,
+    last_apply_outcome: Option<String>,
+    in_sync: bool,
+    sites: Vec<SiteStatus>,
+    unmanaged: Vec<vsa_core::plan::Unmanaged>,
+}
+
+pub fn status(global: &crate::cli::Global, env: &Env, format: Format) -> Result<ExitCode> {
+    let ctx = Context::load(global, env)?;
+    let (model, host) = match load_valid(&ctx)? {
+        Ok(v) => v,
+        Err(code) => return Ok(code),
+    };
+    let commit = vsa_live::git::head_commit(&ctx.repo);
+    let observed = vsa_live::observe(&ctx.config.paths)?;
+    let plan = pipeline::plan_with(&ctx.config, &model, &host, &observed, commit.clone())?;
+    // Read the store only if an apply ever made it: status writes nothing.
+    let (facts, recorded) = if ctx.config.paths.state.join(vsa_store::DB_FILE).exists() {
+        runtime()?.block_on(async {
+            let store = Store::open(&ctx.config.paths.state).await?;
+            let mut facts = BTreeMap::new();
+            for k in ["last_applied_commit", "last_apply_at", "last_apply_outcome"] {
+                if let Some(v) = store.get_state(&host, k).await? {
+                    facts.insert(k, v);
+                }
+            }
+            let recorded: BTreeMap<String, vsa_store::ResourceStatus> = store
+                .resource_statuses(&host)
+                .await?
+                .into_iter()
+                .filter(|s| s.kind == "site")
+                .map(|s| (s.name.clone(), s))
+                .collect();
+            store.close().await;
+            anyhow::Ok((facts, recorded))
+        })?
+    } else {
+        (BTreeMap::new(), BTreeMap::new())
+    };
+    let last_commit = facts.get("last_applied_commit").cloned();
+    let mut sites = Vec::new();
+    for site in model.sites_for(&host) {
+        let changes: Vec<_> = plan
+            .changes
+            .iter()
+            .filter(|c| c.name == site.domain)
+            .collect();
+        let conflict = plan.conflicts.iter().find(|c| c.name == site.domain);
+        let rec = recorded.get(&site.domain);
+        let (status, detail) = if changes.is_empty() && conflict.is_none() {
+            ("in sync", String::new())
+        } else if let Some(c) = conflict {
+            ("failed", c.message.clone())
+        } else if let Some(r) = rec.filter(|r| r.status == "failed") {
+            ("failed", r.detail.clone())
+        } else {
+            let what: Vec<String> = changes
+                .iter()
+                .map(|c| format!("{} {}", c.kind.as_str(), c.action.as_str()))
+                .collect();
+            let new = changes.iter().any(|c| c.action == Action::Create) && rec.is_none();
+            let repo_moved = commit.is_some() && commit != last_commit;
+            if new || repo_moved || rec.is_none() {
+                ("pending", what.join(", "))
+            } else {
+                ("drifted", what.join(", "))
+            }
+        };
+        sites.push(SiteStatus {
+            domain: site.domain.clone(),
+            status,
+            detail,
+            changes: changes.len(),
+        });
+    }
+    let report = StatusReport {
+        host: host.clone(),
+        mode: ctx.config.mode,
+        commit,
+        last_applied_commit: last_commit,
+        last_apply_at: facts.get("last_apply_at").cloned(),
+        last_apply_outcome: facts.get("last_apply_outcome").cloned(),
+        in_sync: plan.in_sync(),
+        sites,
+        unmanaged: plan.unmanaged.clone(),
+    };
+    if format == Format::Json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let short = |c: &Option<String>| {
+        c.as_deref()
+            .map_or("-".to_owned(), |c| c.chars().take(12).collect())
+    };
+    println!(
+        "Host {} (mode {}), desired state at {}",
+        report.host,
+        match report.mode {
+            vsa_core::config::Mode::Apply => "apply",
+            vsa_core::config::Mode::Report => "report",
+        },
+        short(&report.commit)
+    );
+    println!(
+        "Last apply: {} (commit {}, {})",
+        report.last_apply_at.as_deref().unwrap_or("never"),
+        short(&report.last_applied_commit),
+        report.last_apply_outcome.as_deref().unwrap_or("-")
+    );
+    let width = report
+        .sites
+        .iter()
+        .map(|s| s.domain.len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    println!("\n{:<width$}  {:<8}  DETAIL", "SITE", "STATUS");
+    for s in &report.sites {
+        let style = match s.status {
+            "in sync" => OK,
+            "failed" => ERR,
+            _ => WARN,
+        };
+        println!(
+            "{:<width$}  {style}{:<8}{style:#}  {}",
+            s.domain, s.status, s.detail
+        );
+    }
+    for u in &report.unmanaged {
+        println!(
+            "{DIM}unmanaged {} file {} (left alone){DIM:#}",
+            u.kind.as_str(),
+            u.file
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn audit(
+    global: &crate::cli::Global,
+    env: &Env,
+    since: Option<Duration>,
+    verify: bool,
+    format: Format,
+) -> Result<ExitCode> {
+    let ctx = Context::load(global, env)?;
+    let path = &ctx.config.paths.audit_log;
+    if verify {
+        if !path.exists() {
+            println!("No audit log at {} yet: nothing to verify.", path.display());
+            return Ok(ExitCode::SUCCESS);
+        }
+        return match vsa_store::audit::verify(path)? {
+            Ok(n) => {
+                println!(
+                    "{OK}Audit chain intact:{OK:#} {n} event(s) in {}.",
+                    path.display()
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(b) => {
+                println!(
+                    "{ERR}Audit chain broken{ERR:#} at {}:{}: {}",
+                    path.display(),
+                    b.line,
+                    b.reason
+                );
+                Ok(ExitCode::from(1))
+            }
+        };
+    }
+    let events = vsa_store::audit::read_all(path)?;
+    let cutoff = since.map(|d| vsa_store::time::now_millis() - d.as_millis() as i64);
+    let shown = events.iter().filter(|e| {
+        cutoff.is_none_or(|c| vsa_store::time::parse_millis(&e.ts).is_some_and(|t| t >= c))
+    });
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    for e in shown {
+        if format == Format::Json {
+            writeln!(out, "{}", serde_json::to_string(e)?)?;
+        } else {
+            let commit: String = e.commit.as_deref().unwrap_or("-").chars().take(8).collect();
+            writeln!(
+                out,
+                "{}  {:<14} {:<18} {:<28} {:<7} {:<8} {}",
+                e.ts,
+                e.actor,
+                e.action,
+                e.target,
+                e.outcome.as_str(),
+                commit,
+                e.detail
+            )?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
