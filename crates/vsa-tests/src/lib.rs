@@ -65,8 +65,10 @@ pub struct Nginx {
 }
 
 impl Nginx {
-    /// Writes `nginx.conf` under `prefix`, including `vhosts/*.conf`.
-    pub fn configure(bin: PathBuf, prefix: &Path, vhosts: &Path) -> Nginx {
+    /// Writes `nginx.conf` under `prefix`, including `vhosts/*.conf`, with
+    /// a default server answering 404 on `port` (so nginx listens before any
+    /// vhost exists, and unknown names get a 404).
+    pub fn configure(bin: PathBuf, prefix: &Path, vhosts: &Path, port: u16) -> Nginx {
         for d in ["tmp", "logs"] {
             std::fs::create_dir_all(prefix.join(d)).unwrap();
         }
@@ -87,6 +89,7 @@ impl Nginx {
                  \x20   fastcgi_temp_path {p}/tmp/fastcgi;\n\
                  \x20   uwsgi_temp_path {p}/tmp/uwsgi;\n\
                  \x20   scgi_temp_path {p}/tmp/scgi;\n\
+                 \x20   server {{ listen {port} default_server; return 404; }}\n\
                  \x20   include {}/*.conf;\n\
                  }}\n",
                 vhosts.display()
@@ -145,6 +148,10 @@ impl Nginx {
         let child = Command::new(&self.bin)
             .args(self.args())
             .stdin(Stdio::null())
+            // Workers inherit these; a test harness pipe held open by a
+            // stray worker would hang whoever reads it.
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
             .spawn()
             .expect("start nginx");
         self.child = Some(child);
@@ -280,6 +287,25 @@ impl Response {
 }
 
 /// A plain HTTP/1.1 GET to `127.0.0.1:port` with the given Host header.
+/// `http_get` until `done` holds or 5 s pass (a reload is a signal: nginx
+/// swaps its workers shortly after `nginx -s reload` returns).
+pub fn http_get_until(
+    port: u16,
+    host: &str,
+    path: &str,
+    extra_headers: &[(&str, &str)],
+    done: impl Fn(&Response) -> bool,
+) -> Response {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = http_get(port, host, path, extra_headers);
+        if done(&r) || Instant::now() >= deadline {
+            return r;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
 pub fn http_get(port: u16, host: &str, path: &str, extra_headers: &[(&str, &str)]) -> Response {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();

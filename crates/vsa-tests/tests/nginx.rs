@@ -171,7 +171,12 @@ fn every_variant_passes_nginx_t_and_serves_its_upstream() {
 
     let written = write_planned_files(&h);
     assert!(written > 0);
-    let mut nginx = Nginx::configure(nginx_bin, &h.root.join("nginx"), &h.config.paths.vhosts);
+    let mut nginx = Nginx::configure(
+        nginx_bin,
+        &h.root.join("nginx"),
+        &h.config.paths.vhosts,
+        http_port,
+    );
     nginx
         .test()
         .expect("every rendered variant passes nginx -t");
@@ -296,7 +301,12 @@ fn rate_limit_answers_429_beyond_the_burst() {
         ),
     );
     write_planned_files(&h);
-    let mut nginx = Nginx::configure(nginx_bin, &h.root.join("nginx"), &h.config.paths.vhosts);
+    let mut nginx = Nginx::configure(
+        nginx_bin,
+        &h.root.join("nginx"),
+        &h.config.paths.vhosts,
+        http_port,
+    );
     nginx.test().unwrap();
     nginx.start(http_port);
     let statuses: Vec<u16> = (0..6)

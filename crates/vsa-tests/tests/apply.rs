@@ -1,0 +1,570 @@
+//! `vsactl apply` against Debian's real nginx on loopback: convergence,
+//! no-op applies, drift repair, failure isolation, removal, crash safety,
+//! the audit chain and the host lock.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+use std::process::{Command, ExitCode, Stdio};
+use std::time::Duration;
+
+use clap::Parser;
+use vsa_tests::{Nginx, Upstream, basic_auth, free_port, http_get, http_get_until, require};
+use vsactl::context::Env;
+
+struct Host {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    repo: PathBuf,
+    config_file: PathBuf,
+    nginx: Nginx,
+    http_port: u16,
+}
+
+/// The JSON a child vsactl printed, without the test harness's own lines.
+fn child_json(stdout: &[u8]) -> serde_json::Value {
+    let text = String::from_utf8_lossy(stdout);
+    let start = text.find('{').expect("JSON on stdout");
+    let end = text.rfind('}').expect("JSON on stdout");
+    serde_json::from_str(&text[start..=end]).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+fn current_group() -> String {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let gid: u32 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Gid:"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|g| g.parse().ok())
+        .unwrap();
+    std::fs::read_to_string("/etc/group")
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            let parts: Vec<&str> = l.split(':').collect();
+            (parts.get(2) == Some(&gid.to_string().as_str())).then(|| parts[0].to_owned())
+        })
+        .unwrap()
+}
+
+impl Host {
+    fn new(nginx_bin: PathBuf) -> Host {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_owned();
+        let repo = root.join("repo");
+        std::fs::create_dir_all(repo.join("sites")).unwrap();
+        std::fs::write(
+            repo.join("fleet.yaml"),
+            "apiVersion: vsa/v1\nkind: Fleet\nhosts:\n  - id: test-01\n",
+        )
+        .unwrap();
+        let vhosts = root.join("etc/nginx/conf.d");
+        std::fs::create_dir_all(&vhosts).unwrap();
+        let http_port = free_port();
+        let nginx = Nginx::configure(nginx_bin, &root.join("nginx"), &vhosts, http_port);
+        let argv = |v: Vec<String>| {
+            format!(
+                "[{}]",
+                v.iter()
+                    .map(|a| format!("\"{a}\""))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        };
+        let config_file = root.join("vsa.yaml");
+        std::fs::write(
+            &config_file,
+            format!(
+                "host: test-01\nrepo: {{ path: repo }}\nnginx:\n  http_port: {http_port}\n  https_port: {}\n  ipv6: false\n  resolver: 127.0.0.1\n  group: {}\n  test: {}\n  reload: {}\n",
+                free_port(),
+                current_group(),
+                argv(nginx.test_argv()),
+                argv(nginx.reload_argv()),
+            ),
+        )
+        .unwrap();
+        Host {
+            _dir: dir,
+            root,
+            repo,
+            config_file,
+            nginx,
+            http_port,
+        }
+    }
+
+    fn site(&self, name: &str, body: &str) {
+        std::fs::write(
+            self.repo.join("sites").join(format!("{name}.yaml")),
+            format!(
+                "apiVersion: vsa/v1\nkind: Site\nhost: test-01\ndomain: {name}\ntls: none\n{body}"
+            ),
+        )
+        .unwrap();
+    }
+
+    fn url_site(&self, name: &str, up: &Upstream) {
+        self.site(
+            name,
+            &format!("upstream: {{ url: \"http://127.0.0.1:{}\" }}\n", up.port),
+        );
+    }
+
+    fn vsactl(&self, args: &[&str]) -> ExitCode {
+        let mut argv = vec!["vsactl", "--config", self.config_file.to_str().unwrap()];
+        argv.extend_from_slice(args);
+        let cli = vsactl::cli::Cli::try_parse_from(argv).unwrap();
+        let env = Env {
+            user: Some("tester".into()),
+            vsa_root: Some(self.root.clone()),
+            ..Env::default()
+        };
+        vsactl::run(cli, &env)
+    }
+
+    /// Runs the real vsactl code in a child process (this test binary,
+    /// re-entered through `child_vsactl`), for kills and for stdin.
+    fn vsactl_child(&self, args: &[&str], envs: &[(&str, &str)]) -> std::process::Output {
+        let mut c = Command::new(std::env::current_exe().unwrap());
+        c.args([
+            "--exact",
+            "child_vsactl",
+            "--ignored",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
+        .env("VSA_CHILD_ARGS", args.join("\u{1f}"))
+        .env("VSA_CHILD_CONFIG", &self.config_file)
+        .env("VSA_ROOT", &self.root)
+        .stdin(Stdio::null());
+        for (k, v) in envs {
+            c.env(k, v);
+        }
+        c.output().unwrap()
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.root.join(rel)
+    }
+
+    fn audit_lines(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.path("var/log/vsa/audit.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    fn reloads(&self) -> usize {
+        self.audit_lines()
+            .iter()
+            .filter(|e| e["action"] == "nginx.reload")
+            .count()
+    }
+
+    /// Every file in the vhost and htpasswd dirs: (inode, mtime, content).
+    fn files(&self) -> BTreeMap<String, (u64, i64, i64, String)> {
+        let mut out = BTreeMap::new();
+        for dir in ["etc/nginx/conf.d", "etc/nginx/htpasswd"] {
+            let Ok(rd) = std::fs::read_dir(self.path(dir)) else {
+                continue;
+            };
+            for e in rd {
+                let e = e.unwrap();
+                let m = e.metadata().unwrap();
+                out.insert(
+                    format!("{dir}/{}", e.file_name().to_string_lossy()),
+                    (
+                        m.ino(),
+                        m.mtime(),
+                        m.mtime_nsec(),
+                        std::fs::read_to_string(e.path()).unwrap(),
+                    ),
+                );
+            }
+        }
+        out
+    }
+
+    fn start(&mut self) {
+        self.nginx.start(self.http_port);
+    }
+}
+
+fn nginx() -> Option<PathBuf> {
+    require("nginx", "to apply against a real nginx")
+}
+
+/// Entry point for `Host::vsactl_child`; does nothing in a normal run.
+#[test]
+#[ignore = "entered only as a child process by the other tests"]
+fn child_vsactl() {
+    let Ok(args) = std::env::var("VSA_CHILD_ARGS") else {
+        return;
+    };
+    let config = std::env::var("VSA_CHILD_CONFIG").unwrap();
+    let mut argv = vec!["vsactl".to_owned(), "--config".to_owned(), config];
+    argv.extend(args.split('\u{1f}').map(str::to_owned));
+    let cli = vsactl::cli::Cli::try_parse_from(argv).unwrap();
+    let code = vsactl::run(cli, &Env::from_process());
+    // ExitCode has no accessor: compare against the three the contract knows.
+    let n = (0u8..=2).find(|n| ExitCode::from(*n) == code).unwrap_or(3);
+    std::process::exit(n as i32);
+}
+
+#[test]
+fn apply_converges_serves_and_a_second_apply_changes_nothing() {
+    let Some(bin) = nginx() else { return };
+    let up = Upstream::start("app");
+    let mut h = Host::new(bin);
+    h.url_site("open.vsa.test", &up);
+    let hash = bcrypt::hash("pw-123", 4).unwrap();
+    h.site(
+        "locked.vsa.test",
+        &format!(
+            "upstream: {{ url: \"http://127.0.0.1:{}\" }}\nauth:\n  users:\n    - name: bob\n      bcrypt: \"{hash}\"\n",
+            up.port
+        ),
+    );
+    h.start();
+
+    assert_eq!(h.vsactl(&["apply", "--yes"]), ExitCode::SUCCESS);
+    let r = http_get_until(h.http_port, "open.vsa.test", "/x", &[], |r| r.status == 200);
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (200, "upstream=app path=/x host=open.vsa.test\n")
+    );
+    assert_eq!(
+        http_get_until(h.http_port, "locked.vsa.test", "/", &[], |r| r.status
+            == 401)
+        .status,
+        401
+    );
+    let auth = basic_auth("bob", "pw-123");
+    assert_eq!(
+        http_get(
+            h.http_port,
+            "locked.vsa.test",
+            "/",
+            &[("Authorization", &auth)]
+        )
+        .status,
+        200
+    );
+    let ht = std::fs::metadata(h.path("etc/nginx/htpasswd/locked.vsa.test.htpasswd")).unwrap();
+    assert_eq!(ht.mode() & 0o777, 0o640);
+    assert_eq!(h.reloads(), 1, "one reload for the whole pass");
+
+    // The second apply writes nothing, reloads nothing, audits nothing.
+    let before = h.files();
+    let events = h.audit_lines().len();
+    assert_eq!(h.vsactl(&["apply", "--yes"]), ExitCode::SUCCESS);
+    assert_eq!(h.files(), before, "inode, mtime and content unchanged");
+    assert_eq!(h.reloads(), 1);
+    assert_eq!(h.audit_lines().len(), events);
+
+    // Every event is the contract's, from this user and the chain verifies.
+    let ev = &h.audit_lines()[0];
+    assert_eq!(ev["actor"], "cli:tester");
+    assert_eq!(ev["host"], "test-01");
+    assert!(
+        h.audit_lines()
+            .iter()
+            .all(|e| !e.to_string().contains("$2b$")),
+        "no hashes in the audit"
+    );
+    assert_eq!(h.vsactl(&["audit", "--verify"]), ExitCode::SUCCESS);
+}
+
+#[test]
+fn a_hand_edit_is_repaired_and_an_unmanaged_file_is_left_alone() {
+    let Some(bin) = nginx() else { return };
+    let up = Upstream::start("app");
+    let mut h = Host::new(bin);
+    h.url_site("edit.vsa.test", &up);
+    h.start();
+    assert_eq!(h.vsactl(&["apply", "--yes"]), ExitCode::SUCCESS);
+
+    let vhost = h.path("etc/nginx/conf.d/edit.vsa.test.conf");
+    let good = std::fs::read_to_string(&vhost).unwrap();
+    std::fs::write(
+        &vhost,
+        good.replace("proxy_http_version 1.1;", "proxy_http_version 1.0;"),
+    )
+    .unwrap();
+    let unmanaged = h.path("etc/nginx/conf.d/zz-hand-made.conf");
+    std::fs::write(&unmanaged, "# someone's own file\n").unwrap();
+    let unmanaged_meta = std::fs::metadata(&unmanaged).unwrap();
+
+    let hp = vsactl::pipeline::plan_host(&load_config(&h), &h.repo, "test-01").unwrap();
+    assert_eq!(hp.plan.changes.len(), 1);
+    assert_eq!(hp.plan.changes[0].action, vsa_core::plan::Action::Update);
+    assert!(
+        hp.plan.changes[0]
+            .diff
+            .as_ref()
+            .unwrap()
+            .contains("-        proxy_http_version 1.0;")
+    );
+
+    assert_eq!(h.vsactl(&["apply", "--yes"]), ExitCode::SUCCESS);
+    assert_eq!(std::fs::read_to_string(&vhost).unwrap(), good);
+    let after = std::fs::metadata(&unmanaged).unwrap();
+    assert_eq!(
+        (after.ino(), after.mtime_nsec()),
+        (unmanaged_meta.ino(), unmanaged_meta.mtime_nsec())
+    );
+
+    // Even when its site is removed, an unmanaged file is never deleted.
+    std::fs::remove_file(h.repo.join("sites/edit.vsa.test.yaml")).unwrap();
+    std::fs::write(
+        h.path("etc/nginx/conf.d/edit2.vsa.test.conf"),
+        "# not ours\n",
+    )
+    .unwrap();
+    assert_eq!(h.vsactl(&["apply", "--yes"]), ExitCode::SUCCESS);
+    assert!(unmanaged.exists());
+    assert!(h.path("etc/nginx/conf.d/edit2.vsa.test.conf").exists());
+    assert!(!vhost.exists());
+}
+
+fn load_config(h: &Host) -> vsa_core::config::Config {
+    let text = std::fs::read_to_string(&h.config_file).unwrap();
+    vsa_core::config::Config::parse(&vsa_core::config::ConfigSource {
+        file: "vsa.yaml",
+        text: Some(&text),
+        base_dir: &h.root,
+        root: &h.root,
+    })
+    .unwrap()
+}
+
+#[test]
+fn a_site_nginx_rejects_fails_alone_and_nginx_stays_valid() {
+    let Some(bin) = nginx() else { return };
+    let up = Upstream::start("app");
+    let mut h = Host::new(bin);
+    h.url_site("good1.vsa.test", &up);
+    h.url_site("good2.vsa.test", &up);
+    h.site(
+        "bad.vsa.test",
+        "upstream: { url: \"http://nope.invalid:8080\" }\n",
+    );
+    h.url_site("zz-good3.vsa.test", &up);
+    h.start();
+
+    let out = h.vsactl_child(&["apply", "--yes"], &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("failed: bad.vsa.test"), "{stderr}");
+    assert!(stderr.contains("host not found in upstream"), "{stderr}");
+    for good in ["good1.vsa.test", "good2.vsa.test", "zz-good3.vsa.test"] {
+        assert_eq!(
+            http_get_until(h.http_port, good, "/", &[], |r| r.status == 200).status,
+            200,
+            "{good}"
+        );
+    }
+    assert!(!h.path("etc/nginx/conf.d/bad.vsa.test.conf").exists());
+    h.nginx.test().expect("nginx -t passes on disk");
+
+    // The failure is recorded: status says so, the audit names it.
+    let isolate = h
+        .audit_lines()
+        .into_iter()
+        .find(|e| e["action"] == "site.isolate")
+        .unwrap();
+    assert_eq!(isolate["target"], "bad.vsa.test");
+    assert_eq!(isolate["outcome"], "error");
+    let out = h.vsactl_child(&["status", "--format", "json"], &[]);
+    let st = child_json(&out.stdout);
+    let bad = st["sites"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["domain"] == "bad.vsa.test")
+        .unwrap();
+    assert_eq!(bad["status"], "failed");
+    assert!(bad["detail"].as_str().unwrap().contains("host not found"));
+
+    // Fixed in the repo, the next apply converges it.
+    h.url_site("bad.vsa.test", &up);
+    assert_eq!(h.vsactl(&["apply", "--yes"]), ExitCode::SUCCESS);
+    assert_eq!(
+        http_get_until(h.http_port, "bad.vsa.test", "/", &[], |r| r.status == 200).status,
+        200
+    );
+}
+
+#[test]
+fn removing_a_site_removes_its_files_and_nginx_stops_serving_it() {
+    let Some(bin) = nginx() else { return };
+    let keep = Upstream::start("keep");
+    let gone = Upstream::start("gone");
+    let mut h = Host::new(bin);
+    h.url_site("keep.vsa.test", &keep);
+    let hash = bcrypt::hash("x", 4).unwrap();
+    h.site(
+        "gone.vsa.test",
+        &format!(
+            "upstream: {{ url: \"http://127.0.0.1:{}\" }}\nauth:\n  users:\n    - name: u\n      bcrypt: \"{hash}\"\n",
+            gone.port
+        ),
+    );
+    h.start();
+    assert_eq!(h.vsactl(&["apply", "--yes"]), ExitCode::SUCCESS);
+    let auth = basic_auth("u", "x");
+    assert!(
+        http_get_until(
+            h.http_port,
+            "gone.vsa.test",
+            "/",
+            &[("Authorization", &auth)],
+            |r| r.body.contains("upstream=gone")
+        )
+        .body
+        .contains("upstream=gone")
+    );
+
+    std::fs::remove_file(h.repo.join("sites/gone.vsa.test.yaml")).unwrap();
+    assert_eq!(h.vsactl(&["apply", "--yes"]), ExitCode::SUCCESS);
+    assert!(!h.path("etc/nginx/conf.d/gone.vsa.test.conf").exists());
+    assert!(!h.path("etc/nginx/htpasswd/gone.vsa.test.htpasswd").exists());
+    let r = http_get_until(
+        h.http_port,
+        "gone.vsa.test",
+        "/",
+        &[("Authorization", &auth)],
+        |r| !r.body.contains("upstream=gone"),
+    );
+    assert!(!r.body.contains("upstream=gone"), "{r:?}");
+    assert_eq!(
+        http_get_until(h.http_port, "keep.vsa.test", "/", &[], |r| r.status == 200).status,
+        200
+    );
+}
+
+#[test]
+fn a_kill_at_any_write_leaves_whole_files_and_the_next_apply_converges() {
+    let Some(bin) = nginx() else { return };
+    let up = Upstream::start("app");
+    let mut h = Host::new(bin);
+    let v1 = |h: &Host| {
+        for s in ["a.vsa.test", "b.vsa.test", "c.vsa.test"] {
+            h.url_site(s, &up);
+        }
+        let _ = std::fs::remove_file(h.repo.join("sites/d.vsa.test.yaml"));
+    };
+    let v2 = |h: &Host| {
+        h.site(
+            "a.vsa.test",
+            &format!(
+                "upstream: {{ url: \"http://127.0.0.1:{}\" }}\nmax_body: 5m\n",
+                up.port
+            ),
+        );
+        std::fs::remove_file(h.repo.join("sites/b.vsa.test.yaml")).unwrap();
+        h.url_site("d.vsa.test", &up);
+    };
+    h.start();
+    v1(&h);
+    assert_eq!(h.vsactl(&["apply", "--yes"]), ExitCode::SUCCESS);
+    let old = h.files();
+    v2(&h);
+    assert_eq!(h.vsactl(&["apply", "--yes"]), ExitCode::SUCCESS);
+    let new = h.files();
+
+    let mut aborted = 0;
+    for k in 1..50 {
+        v1(&h);
+        assert_eq!(h.vsactl(&["apply", "--yes"]), ExitCode::SUCCESS);
+        v2(&h);
+        let out = h.vsactl_child(
+            &["apply", "--yes"],
+            &[("VSA_TEST_ABORT_AFTER_WRITES", &k.to_string())],
+        );
+        if out.status.success() {
+            break; // fewer than k writes: the apply finished
+        }
+        assert_eq!(
+            out.status.code(),
+            None,
+            "killed by the abort, not an error exit"
+        );
+        aborted += 1;
+        for (file, (_, _, _, content)) in h.files() {
+            let is_old = old.get(&file).is_some_and(|o| o.3 == content);
+            let is_new = new.get(&file).is_some_and(|n| n.3 == content);
+            assert!(
+                is_old || is_new,
+                "after {k} writes, {file} is neither old nor new:\n{content}"
+            );
+        }
+        assert_eq!(
+            h.vsactl(&["apply", "--yes"]),
+            ExitCode::SUCCESS,
+            "converges after a kill at write {k}"
+        );
+        let files: BTreeMap<_, _> = h.files().into_iter().map(|(f, v)| (f, v.3)).collect();
+        let expect: BTreeMap<_, _> = new.iter().map(|(f, v)| (f.clone(), v.3.clone())).collect();
+        assert_eq!(files, expect);
+        h.nginx.test().unwrap();
+    }
+    assert!(
+        aborted >= 3,
+        "the scenario has at least 3 writes ({aborted})"
+    );
+    assert_eq!(h.vsactl(&["audit", "--verify"]), ExitCode::SUCCESS);
+}
+
+#[test]
+fn the_audit_chain_detects_an_edited_line() {
+    let Some(bin) = nginx() else { return };
+    let up = Upstream::start("app");
+    let mut h = Host::new(bin);
+    h.url_site("a.vsa.test", &up);
+    h.url_site("b.vsa.test", &up);
+    h.start();
+    assert_eq!(h.vsactl(&["apply", "--yes"]), ExitCode::SUCCESS);
+    assert_eq!(h.vsactl(&["audit", "--verify"]), ExitCode::SUCCESS);
+    let log = h.path("var/log/vsa/audit.jsonl");
+    let text = std::fs::read_to_string(&log).unwrap();
+    std::fs::write(&log, text.replacen("a.vsa.test", "x.vsa.test", 1)).unwrap();
+    let out = h.vsactl_child(&["audit", "--verify"], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("broken"));
+}
+
+#[test]
+fn one_apply_at_a_time_and_no_apply_without_consent() {
+    let Some(bin) = nginx() else { return };
+    let up = Upstream::start("app");
+    let mut h = Host::new(bin);
+    h.url_site("a.vsa.test", &up);
+    h.start();
+
+    // No terminal and no --yes: refused, nothing written.
+    let out = h.vsactl_child(&["apply"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--yes"));
+    assert!(h.files().is_empty());
+
+    // --dry-run shows the steps and writes nothing at all (not even state).
+    let out = h.vsactl_child(&["apply", "--dry-run"], &[]);
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("Would execute"), "{text}");
+    assert!(text.contains("a.vsa.test.conf"), "{text}");
+    assert!(h.files().is_empty());
+    assert!(!h.path("var/lib/vsa").exists());
+    assert!(!h.path("var/log/vsa").exists());
+
+    // While another apply holds the lock, a second one waits, then gives up.
+    let lock = vsa_engine::HostLock::acquire(&h.path("var/lib/vsa"), Duration::ZERO).unwrap();
+    let out = h.vsactl_child(&["apply", "--yes", "--lock-timeout", "1s"], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("another apply is running"));
+    drop(lock);
+    assert_eq!(h.vsactl(&["apply", "--yes"]), ExitCode::SUCCESS);
+}
