@@ -301,12 +301,13 @@ pub fn bcrypt_hash(s: &str) -> Verdict {
     if !matches!(variant, "2a" | "2b" | "2y") {
         return Err(HELP.into());
     }
+    // The cost is exactly two decimal digits (`$2b$04$` to `$2b$31$`).
+    if cost.len() != 2 || !cost.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(HELP.into());
+    }
     let Ok(cost) = cost.parse::<u32>() else {
         return Err(HELP.into());
     };
-    if cost.to_string().len() > 2 || s.as_bytes()[4..6].iter().any(|b| !b.is_ascii_digit()) {
-        return Err(HELP.into());
-    }
     if !(4..=31).contains(&cost) {
         return Err(format!("has bcrypt cost {cost}, outside 4-31"));
     }
@@ -535,6 +536,9 @@ mod tests {
             bcrypt_hash("$2b$03$R9h/cIPz0gi.URNNX3kh2OPST9/PgBkqquzi.Ss7KIUgO2t0jWMUW").is_err()
         );
         assert!(bcrypt_hash("$1$abc").is_err());
+        assert!(
+            bcrypt_hash("$2b$012$R9h/cIPz0gi.URNNX3kh2OPST9/PgBkqquzi.Ss7KIUgO2t0jWMUW").is_err()
+        );
         assert!(bcrypt_hash("secret").is_err());
         assert!(bcrypt_hash(&good.replace('R', ";")).is_err());
     }

@@ -1246,7 +1246,6 @@ fn bcrypt_hashes_are_checked_and_never_echoed() {
 }
 
 #[test]
-#[ignore = "bug: names::bcrypt_hash accepts a three-digit cost (`$2b$012$...`, 61 characters)"]
 fn bcrypt_cost_is_exactly_two_digits() {
     let value = "$2b$012$R9h/cIPz0gi.URNNX3kh2OPST9/PgBkqquzi.Ss7KIUgO2t0jWMUW";
     check(
