@@ -390,9 +390,26 @@ fn yaml_problem(path: &str, chunk: &Chunk<'_>, e: &serde_saphyr::Error) -> Probl
 /// serde-saphyr's messages end in " at line L, column C" (we print the
 /// position ourselves) and some speak to the developer rather than the user.
 fn clean_message(msg: &str) -> String {
-    let mut m = msg;
-    if let Some(i) = m.rfind(" at line ") {
+    let mut m = msg.trim_end();
+    // The position is reported on its own; drop the parser's copy, only
+    // when it really is a trailing ` at line L, column C`.
+    while let Some(i) = m.rfind(" at line ") {
+        let tail = &m[i + " at line ".len()..];
+        let is_position = tail.split_once(", column ").is_some_and(|(l, c)| {
+            !l.is_empty()
+                && !c.is_empty()
+                && l.bytes().all(|b| b.is_ascii_digit())
+                && c.bytes().all(|b| b.is_ascii_digit())
+        });
+        if !is_position {
+            break;
+        }
         m = &m[..i];
+    }
+    // Alias-budget errors name where the anchor was defined and used;
+    // the problem's own position says where, so keep the sentence.
+    if let Some(i) = m.find(" (defined at") {
+        m = m[..i].trim_end_matches([',', ' ']);
     }
     if let Some(rest) = m.strip_prefix("duplicate mapping key: ") {
         let key = rest.split(',').next().unwrap_or(rest);
