@@ -181,6 +181,12 @@ impl Drop for Nginx {
                 .args(self.args())
                 .args(["-s", "stop"])
                 .output();
+            // Without its pid file `-s stop` cannot find the master: signal
+            // it directly, so it takes its workers down with it.
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .stderr(Stdio::null())
+                .status();
             let deadline = Instant::now() + Duration::from_secs(5);
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = c.try_wait() {

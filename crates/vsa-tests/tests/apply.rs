@@ -13,12 +13,14 @@ use vsa_tests::{Nginx, Upstream, basic_auth, free_port, http_get, http_get_until
 use vsactl::context::Env;
 
 struct Host {
-    _dir: tempfile::TempDir,
+    // Fields drop in order: nginx must stop while its prefix (pid file)
+    // still exists, so the temp dir goes last.
+    nginx: Nginx,
     root: PathBuf,
     repo: PathBuf,
     config_file: PathBuf,
-    nginx: Nginx,
     http_port: u16,
+    _dir: tempfile::TempDir,
 }
 
 /// The JSON a child vsactl printed, without the test harness's own lines.
