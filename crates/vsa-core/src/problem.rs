@@ -23,6 +23,25 @@ pub struct Problem {
     pub message: String,
 }
 
+/// Messages quote manifest values; a value carrying a newline or an escape
+/// sequence must not forge output lines or drive the terminal, so control
+/// characters are shown escaped (`\n`, `\u{1b}`).
+fn printable(message: String) -> String {
+    if !message.chars().any(char::is_control) {
+        return message;
+    }
+    message
+        .chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 impl Problem {
     pub fn error(file: &str, pos: Pos, message: impl Into<String>) -> Self {
         Problem {
@@ -30,7 +49,7 @@ impl Problem {
             line: pos.line.max(1),
             col: pos.col.max(1),
             severity: Severity::Error,
-            message: message.into(),
+            message: printable(message.into()),
         }
     }
 

@@ -1988,7 +1988,6 @@ fn an_unknown_key_with_a_compact_sequence_does_not_hide_later_problems() {
 }
 
 #[test]
-#[ignore = "bug: several messages interpolate manifest values unescaped (raw newlines / ESC reach `vsactl validate` output)"]
 fn messages_never_carry_raw_control_characters() {
     let b = |domain: &str| {
         site(&format!(
