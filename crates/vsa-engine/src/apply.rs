@@ -109,13 +109,17 @@ pub async fn apply(cx: &mut Ctx<'_>) -> Result<ApplyReport, ApplyError> {
     let mut failed: BTreeMap<String, String> = BTreeMap::new();
     let mut last_len = usize::MAX;
     let mut touched: BTreeSet<String> = BTreeSet::new();
+    // The plan of the host as it stands, while no pass has changed it since.
+    let mut current: Option<Plan> = None;
     let result = async {
         for _ in 0..cx.options.max_passes {
             let observed = vsa_live::observe(&cx.config.paths)?;
-            let mut plan =
+            let full =
                 vsa_core::plan(cx.model, cx.host, &observed, cx.renderer, cx.commit.clone())?;
+            let mut plan = full.clone();
             plan.changes.retain(|c| !failed.contains_key(&c.name));
             if plan.changes.is_empty() || plan.changes.len() >= last_len {
+                current = Some(full);
                 break;
             }
             last_len = plan.changes.len();
@@ -139,14 +143,14 @@ pub async fn apply(cx: &mut Ctx<'_>) -> Result<ApplyReport, ApplyError> {
             error: error.clone(),
         })
         .collect();
-    let observed = vsa_live::observe(&cx.config.paths)?;
-    report.remaining = Some(vsa_core::plan(
-        cx.model,
-        cx.host,
-        &observed,
-        cx.renderer,
-        cx.commit.clone(),
-    )?);
+    report.remaining = Some(match current {
+        Some(plan) => plan,
+        // The passes ran out: look once more at what they left.
+        None => {
+            let observed = vsa_live::observe(&cx.config.paths)?;
+            vsa_core::plan(cx.model, cx.host, &observed, cx.renderer, cx.commit.clone())?
+        }
+    });
     if let Some(store) = cx.store
         && report.passes > 0
     {
@@ -384,42 +388,33 @@ async fn run_pass(
         let mut done: Vec<&Change> = Vec::new();
         let mut error = None;
         for c in changes {
-            match w.forward(c) {
-                Ok(detail) => {
-                    cx.audit.record(
-                        commit.as_deref(),
-                        NewEvent::new(action_name(c), name, Outcome::Ok, &detail),
-                    )?;
-                    report.executed.push(Executed {
-                        kind: c.kind,
-                        name: name.clone(),
-                        action: c.action,
-                        outcome: Outcome::Ok,
-                        detail,
-                    });
-                    done.push(c);
-                }
-                Err(e) => {
-                    let msg = format!(
+            let (outcome, detail) = match w.forward(c) {
+                Ok(detail) => (Outcome::Ok, detail),
+                Err(e) => (
+                    Outcome::Error,
+                    format!(
                         "{} {}: {e}",
                         c.kind.as_str(),
                         c.file.as_deref().unwrap_or(name)
-                    );
-                    cx.audit.record(
-                        commit.as_deref(),
-                        NewEvent::new(action_name(c), name, Outcome::Error, &msg),
-                    )?;
-                    report.executed.push(Executed {
-                        kind: c.kind,
-                        name: name.clone(),
-                        action: c.action,
-                        outcome: Outcome::Error,
-                        detail: msg.clone(),
-                    });
-                    error = Some(msg);
-                    break;
-                }
+                    ),
+                ),
+            };
+            cx.audit.record(
+                commit.as_deref(),
+                NewEvent::new(action_name(c), name, outcome, &detail),
+            )?;
+            report.executed.push(Executed {
+                kind: c.kind,
+                name: name.clone(),
+                action: c.action,
+                outcome,
+                detail: detail.clone(),
+            });
+            if outcome != Outcome::Ok {
+                error = Some(detail);
+                break;
             }
+            done.push(c);
         }
         if let Some(error) = error {
             // A site is applied whole or not at all.
