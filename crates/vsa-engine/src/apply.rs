@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-use vsa_core::config::Config;
+use vsa_core::config::{Config, Paths};
 use vsa_core::plan::{Action, Change, Observed, ResourceKind};
 use vsa_core::{Model, Plan, Renderer};
 use vsa_live::files::{self, FileMode};
@@ -229,6 +229,17 @@ fn touches_config(c: &Change) -> bool {
     matches!(c.kind, ResourceKind::Vhost | ResourceKind::Htpasswd)
 }
 
+/// The directory a change's file lives in and the mode vsa gives it, for
+/// the file kinds apply writes.
+pub fn file_target(paths: &Paths, kind: ResourceKind) -> Option<(&Path, u32)> {
+    match kind {
+        ResourceKind::Vhost => Some((&paths.vhosts, 0o644)),
+        ResourceKind::Htpasswd => Some((&paths.htpasswd, 0o640)),
+        ResourceKind::AccessLog => Some((&paths.access_logs, 0o640)),
+        _ => None,
+    }
+}
+
 struct Writer<'a> {
     config: &'a Config,
     gid: Option<u32>,
@@ -238,24 +249,17 @@ struct Writer<'a> {
 
 impl Writer<'_> {
     fn dir(&self, kind: ResourceKind) -> &Path {
-        match kind {
-            ResourceKind::Vhost => &self.config.paths.vhosts,
-            ResourceKind::Htpasswd => &self.config.paths.htpasswd,
-            _ => &self.config.paths.access_logs,
-        }
+        file_target(&self.config.paths, kind).map_or(&self.config.paths.state, |(dir, _)| dir)
     }
 
     fn mode(&self, kind: ResourceKind) -> FileMode {
-        match kind {
-            ResourceKind::Htpasswd => FileMode {
-                mode: 0o640,
-                gid: self.gid,
-            },
-            _ => FileMode {
-                mode: 0o644,
-                gid: None,
-            },
-        }
+        let mode = file_target(&self.config.paths, kind).map_or(0o644, |(_, mode)| mode);
+        let gid = if kind == ResourceKind::Htpasswd {
+            self.gid
+        } else {
+            None
+        };
+        FileMode { mode, gid }
     }
 
     fn count(&mut self) {
@@ -272,7 +276,7 @@ impl Writer<'_> {
         let dir = self.dir(c.kind).to_owned();
         let detail = match (c.kind, c.action) {
             (ResourceKind::AccessLog, _) => {
-                files::ensure_file(&dir, file, 0o640)?;
+                files::ensure_file(&dir, file, self.mode(c.kind).mode)?;
                 "created".to_owned()
             }
             (ResourceKind::Vhost | ResourceKind::Htpasswd, Action::Create | Action::Update) => {

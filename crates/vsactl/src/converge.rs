@@ -78,12 +78,10 @@ fn steps(ctx: &Context, plan: &Plan) -> Vec<String> {
     let mut config_changes = false;
     for c in &plan.changes {
         let file = c.file.as_deref().unwrap_or(&c.name);
-        let (dir, mode) = match c.kind {
-            ResourceKind::Vhost => (&p.vhosts, "0644"),
-            ResourceKind::Htpasswd => (&p.htpasswd, "0640"),
-            ResourceKind::AccessLog => (&p.access_logs, "0640"),
-            _ => (&p.state, ""),
-        };
+        let (dir, mode) = vsa_engine::apply::file_target(p, c.kind)
+            .map_or((p.state.as_path(), String::new()), |(d, m)| {
+                (d, format!("{m:04o}"))
+            });
         let path = dir.join(file);
         config_changes |= matches!(c.kind, ResourceKind::Vhost | ResourceKind::Htpasswd);
         out.push(match (c.kind, c.action) {
