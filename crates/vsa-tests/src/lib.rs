@@ -428,3 +428,18 @@ fn dns_reply(q: &[u8]) -> Option<Vec<u8>> {
     }
     Some(r)
 }
+
+/// A temporary host root holding `repo/` with a one-host fleet (`test-01`)
+/// and an empty `repo/sites/`. Returns the dir guard, the root and the repo.
+pub fn test_repo() -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_owned();
+    let repo = root.join("repo");
+    std::fs::create_dir_all(repo.join("sites")).unwrap();
+    std::fs::write(
+        repo.join("fleet.yaml"),
+        "apiVersion: vsa/v1\nkind: Fleet\nhosts:\n  - id: test-01\n",
+    )
+    .unwrap();
+    (dir, root, repo)
+}

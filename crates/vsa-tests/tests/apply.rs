@@ -51,15 +51,7 @@ fn current_group() -> String {
 
 impl Host {
     fn new(nginx_bin: PathBuf) -> Host {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().to_owned();
-        let repo = root.join("repo");
-        std::fs::create_dir_all(repo.join("sites")).unwrap();
-        std::fs::write(
-            repo.join("fleet.yaml"),
-            "apiVersion: vsa/v1\nkind: Fleet\nhosts:\n  - id: test-01\n",
-        )
-        .unwrap();
+        let (dir, root, repo) = vsa_tests::test_repo();
         let vhosts = root.join("etc/nginx/conf.d");
         std::fs::create_dir_all(&vhosts).unwrap();
         let http_port = free_port();

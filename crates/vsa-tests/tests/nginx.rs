@@ -16,15 +16,7 @@ struct Host {
 }
 
 fn host(http_port: u16, https_port: u16, resolver: &str) -> Host {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().to_owned();
-    let repo = root.join("repo");
-    std::fs::create_dir_all(repo.join("sites")).unwrap();
-    std::fs::write(
-        repo.join("fleet.yaml"),
-        "apiVersion: vsa/v1\nkind: Fleet\nhosts:\n  - id: test-01\n",
-    )
-    .unwrap();
+    let (dir, root, repo) = vsa_tests::test_repo();
     let text = format!(
         "host: test-01\nnginx:\n  http_port: {http_port}\n  https_port: {https_port}\n  ipv6: false\n  resolver: \"{resolver}\"\n"
     );
