@@ -9,7 +9,7 @@ use std::process::{Command, ExitCode, Stdio};
 use std::time::Duration;
 
 use clap::Parser;
-use vsa_tests::{Nginx, Upstream, basic_auth, free_port, http_get, http_get_until, require};
+use vsa_tests::{Nginx, Upstream, basic_auth, free_port, http_get_until, require};
 use vsactl::context::Env;
 
 struct Host {
@@ -237,11 +237,12 @@ fn apply_converges_serves_and_a_second_apply_changes_nothing() {
     );
     let auth = basic_auth("bob", "pw-123");
     assert_eq!(
-        http_get(
+        http_get_until(
             h.http_port,
             "locked.vsa.test",
             "/",
-            &[("Authorization", &auth)]
+            &[("Authorization", &auth)],
+            |r| r.status == 200
         )
         .status,
         200
