@@ -5,6 +5,8 @@
 //! container names. A test that needs a part the machine lacks skips with a
 //! loud message, except under `CI=true`, where it fails.
 
+pub mod host;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};

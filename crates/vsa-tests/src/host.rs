@@ -1,0 +1,216 @@
+//! A host under test: a temporary root with a desired-state repository,
+//! a vsa config and a real nginx on loopback, driven through vsactl's code.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+use std::process::{Command, ExitCode, Stdio};
+
+use clap::Parser;
+use vsactl::context::Env;
+
+use crate::{Nginx, Upstream, free_port};
+
+pub struct Host {
+    // Fields drop in order: nginx must stop while its prefix (pid file)
+    // still exists, so the temp dir goes last.
+    pub nginx: Nginx,
+    pub root: PathBuf,
+    pub repo: PathBuf,
+    pub config_file: PathBuf,
+    pub http_port: u16,
+    _dir: tempfile::TempDir,
+}
+
+/// The JSON a child vsactl printed, without the test harness's own lines.
+pub fn child_json(stdout: &[u8]) -> serde_json::Value {
+    let text = String::from_utf8_lossy(stdout);
+    let start = text.find('{').expect("JSON on stdout");
+    let end = text.rfind('}').expect("JSON on stdout");
+    serde_json::from_str(&text[start..=end]).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+fn current_group() -> String {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let gid: u32 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Gid:"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|g| g.parse().ok())
+        .unwrap();
+    std::fs::read_to_string("/etc/group")
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            let parts: Vec<&str> = l.split(':').collect();
+            (parts.get(2) == Some(&gid.to_string().as_str())).then(|| parts[0].to_owned())
+        })
+        .unwrap()
+}
+
+impl Host {
+    pub fn new(nginx_bin: PathBuf) -> Host {
+        let (dir, root, repo) = crate::test_repo();
+        let vhosts = root.join("etc/nginx/conf.d");
+        std::fs::create_dir_all(&vhosts).unwrap();
+        let http_port = free_port();
+        let nginx = Nginx::configure(nginx_bin, &root.join("nginx"), &vhosts, http_port);
+        let argv = |v: Vec<String>| {
+            format!(
+                "[{}]",
+                v.iter()
+                    .map(|a| format!("\"{a}\""))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        };
+        let config_file = root.join("vsa.yaml");
+        std::fs::write(
+            &config_file,
+            format!(
+                "host: test-01\nrepo: {{ path: repo }}\nnginx:\n  http_port: {http_port}\n  https_port: {}\n  ipv6: false\n  resolver: 127.0.0.1\n  group: {}\n  test: {}\n  reload: {}\n",
+                free_port(),
+                current_group(),
+                argv(nginx.test_argv()),
+                argv(nginx.reload_argv()),
+            ),
+        )
+        .unwrap();
+        Host {
+            _dir: dir,
+            root,
+            repo,
+            config_file,
+            nginx,
+            http_port,
+        }
+    }
+
+    pub fn site(&self, name: &str, body: &str) {
+        std::fs::write(
+            self.repo.join("sites").join(format!("{name}.yaml")),
+            format!(
+                "apiVersion: vsa/v1\nkind: Site\nhost: test-01\ndomain: {name}\ntls: none\n{body}"
+            ),
+        )
+        .unwrap();
+    }
+
+    pub fn url_site(&self, name: &str, up: &Upstream) {
+        self.site(
+            name,
+            &format!("upstream: {{ url: \"http://127.0.0.1:{}\" }}\n", up.port),
+        );
+    }
+
+    pub fn vsactl(&self, args: &[&str]) -> ExitCode {
+        let mut argv = vec!["vsactl", "--config", self.config_file.to_str().unwrap()];
+        argv.extend_from_slice(args);
+        let cli = vsactl::cli::Cli::try_parse_from(argv).unwrap();
+        let env = Env {
+            user: Some("tester".into()),
+            vsa_root: Some(self.root.clone()),
+            ..Env::default()
+        };
+        vsactl::run(cli, &env)
+    }
+
+    /// Runs the real vsactl code in a child process (this test binary,
+    /// re-entered through `child_vsactl`), for kills and for stdin. The
+    /// test binary must define that entry:
+    /// `#[test] #[ignore] fn child_vsactl() { vsa_tests::host::child_main() }`.
+    pub fn vsactl_child(&self, args: &[&str], envs: &[(&str, &str)]) -> std::process::Output {
+        let mut c = Command::new(std::env::current_exe().unwrap());
+        c.args([
+            "--exact",
+            "child_vsactl",
+            "--ignored",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
+        .env("VSA_CHILD_ARGS", args.join("\u{1f}"))
+        .env("VSA_CHILD_CONFIG", &self.config_file)
+        .env("VSA_ROOT", &self.root)
+        .stdin(Stdio::null());
+        for (k, v) in envs {
+            c.env(k, v);
+        }
+        c.output().unwrap()
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.root.join(rel)
+    }
+
+    pub fn audit_lines(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.path("var/log/vsa/audit.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    pub fn reloads(&self) -> usize {
+        self.audit_lines()
+            .iter()
+            .filter(|e| e["action"] == "nginx.reload")
+            .count()
+    }
+
+    /// Every file in the vhost and htpasswd dirs: (inode, mtime, content).
+    pub fn files(&self) -> BTreeMap<String, (u64, i64, i64, String)> {
+        let mut out = BTreeMap::new();
+        for dir in ["etc/nginx/conf.d", "etc/nginx/htpasswd"] {
+            let Ok(rd) = std::fs::read_dir(self.path(dir)) else {
+                continue;
+            };
+            for e in rd {
+                let e = e.unwrap();
+                let m = e.metadata().unwrap();
+                out.insert(
+                    format!("{dir}/{}", e.file_name().to_string_lossy()),
+                    (
+                        m.ino(),
+                        m.mtime(),
+                        m.mtime_nsec(),
+                        std::fs::read_to_string(e.path()).unwrap(),
+                    ),
+                );
+            }
+        }
+        out
+    }
+
+    pub fn start(&mut self) {
+        self.nginx.start(self.http_port);
+    }
+}
+
+pub fn load_config(h: &Host) -> vsa_core::config::Config {
+    let text = std::fs::read_to_string(&h.config_file).unwrap();
+    vsa_core::config::Config::parse(&vsa_core::config::ConfigSource {
+        file: "vsa.yaml",
+        text: Some(&text),
+        base_dir: &h.root,
+        root: &h.root,
+    })
+    .unwrap()
+}
+
+/// The body of a test binary's `child_vsactl` entry (see
+/// [`Host::vsactl_child`]): runs vsactl with the arguments the parent put in
+/// the environment and exits with its code. Does nothing in a normal run.
+pub fn child_main() {
+    let Ok(args) = std::env::var("VSA_CHILD_ARGS") else {
+        return;
+    };
+    let config = std::env::var("VSA_CHILD_CONFIG").unwrap();
+    let mut argv = vec!["vsactl".to_owned(), "--config".to_owned(), config];
+    argv.extend(args.split('\u{1f}').map(str::to_owned));
+    let cli = vsactl::cli::Cli::try_parse_from(argv).unwrap();
+    let code = vsactl::run(cli, &Env::from_process());
+    // ExitCode has no accessor: compare against the three the contract knows.
+    let n = (0u8..=2).find(|n| ExitCode::from(*n) == code).unwrap_or(3);
+    std::process::exit(n as i32);
+}
