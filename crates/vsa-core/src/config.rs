@@ -266,11 +266,7 @@ impl Config {
                     Ok(r) => r.unwrap_or_default(),
                     Err(e) => {
                         let pos = e.location().map(Pos::from).unwrap_or(Pos::new(1, 1));
-                        let msg = e.without_snippet().to_string();
-                        let msg = msg
-                            .rfind(" at line ")
-                            .map_or(msg.as_str(), |i| &msg[..i])
-                            .to_owned();
+                        let msg = crate::load::yaml_message(&e);
                         return Err(vec![Problem::error(src.file, pos, msg)]);
                     }
                 }
@@ -532,6 +528,21 @@ mod tests {
             "{}",
             e[0].message
         );
+    }
+
+    #[test]
+    fn budget_breaches_read_as_words() {
+        let aliases = vec!["*h"; 101].join(", ");
+        let e = parse(&format!(
+            "host: &h vps-01\nnginx: {{ test: [{aliases}] }}\n"
+        ))
+        .unwrap_err();
+        assert!(
+            e[0].message.contains("budget for aliases"),
+            "{}",
+            e[0].message
+        );
+        assert!(!e[0].message.contains(" at line "), "{}", e[0].message);
     }
 
     #[test]

@@ -6,6 +6,8 @@
 //! nesting, huge files) is refused by explicit budgets before it can hang or
 //! exhaust memory.
 
+use std::borrow::Cow;
+
 use serde::de::DeserializeOwned;
 
 use crate::manifest::{API_VERSION, FleetSpec, Header, Kind, Located, SiteSpec, StackSpec};
@@ -302,7 +304,7 @@ fn push<T: DeserializeOwned + Shift>(
     // serde stops at the first unknown field; to report every problem, the
     // offending entry is blanked out (keeping line numbers) and the
     // document parsed again, a bounded number of times.
-    let mut text = std::borrow::Cow::Borrowed(chunk.text);
+    let mut text = Cow::Borrowed(chunk.text);
     for _ in 0..MAX_RETRIES {
         match serde_saphyr::from_str_with_options::<T>(&text, options()) {
             Ok(mut spec) => {
@@ -315,16 +317,16 @@ fn push<T: DeserializeOwned + Shift>(
                 return;
             }
             Err(e) => {
-                problems.push(yaml_problem(path, chunk, &e));
-                let unknown =
-                    clean_message(&e.without_snippet().to_string()).starts_with("unknown field");
+                let problem = yaml_problem(path, chunk, &e);
+                let unknown = problem.message.starts_with("unknown field");
+                problems.push(problem);
                 let blanked = e
                     .location()
                     .filter(|_| unknown)
                     .and_then(|l| blank_entry(&text, l.line() as usize, l.column() as usize));
                 match blanked {
                     // The document stays unusable, but parsing on finds its other problems.
-                    Some(t) => text = std::borrow::Cow::Owned(t),
+                    Some(t) => text = Cow::Owned(t),
                     None => return,
                 }
             }
@@ -335,41 +337,87 @@ fn push<T: DeserializeOwned + Shift>(
 const MAX_RETRIES: usize = 20;
 
 /// Blanks the block-style mapping entry whose key starts at `line:col`
-/// (1-based): that line and the more-indented lines after it. `None` when
+/// (1-based): the key and its whole value, keeping line numbers. `None` when
 /// the key is not the first thing on its line (flow style).
+///
+/// The value is every following line indented deeper than the key and, when
+/// the key line opens a block, a compact sequence (`- item` lines) at the
+/// key's own indent. A key that starts a sequence item (`- key: v`) keeps
+/// its dash, so the item's other keys still form one mapping.
 fn blank_entry(text: &str, line: usize, col: usize) -> Option<String> {
     let lines: Vec<&str> = text.split_inclusive('\n').collect();
-    let key_line = *lines.get(line.checked_sub(1)?)?;
-    let indent = key_line.len() - key_line.trim_start_matches([' ', '-']).len();
+    let first = line.checked_sub(1)?;
+    let key_line = *lines.get(first)?;
+    let key = key_line.trim_start_matches([' ', '-']);
+    let indent = key_line.len() - key.len();
     if col == 0 || indent != col - 1 {
         return None;
     }
+    let compact = opens_block(key);
+    // One past the value's last line; blank lines and comments neither end
+    // the value nor extend it.
+    let mut end = first + 1;
+    for (i, l) in lines.iter().enumerate().skip(first + 1) {
+        let (this_indent, content) = split_indent(l);
+        if is_blank_or_comment(content) {
+            continue;
+        }
+        if this_indent > indent || (compact && this_indent == indent && is_item(content)) {
+            end = i + 1;
+        } else {
+            break;
+        }
+    }
+    let dash = &key_line[..indent];
     let mut out = String::with_capacity(text.len());
-    let mut in_entry = false;
     for (i, l) in lines.iter().enumerate() {
-        let content = l.trim_start_matches(' ');
-        let this_indent = l.len() - content.len();
-        if i + 1 == line {
-            in_entry = true;
-            // Keep a sequence dash so the item stays a mapping.
-            let dash = &l[..indent];
-            out.push_str(&dash.replace('-', " "));
-            if dash.contains('-') {
-                out.truncate(out.len() - dash.len());
-                out.push_str(dash);
-                out.push_str("{}");
+        if i < first || i >= end {
+            out.push_str(l);
+            continue;
+        }
+        if i == first && dash.contains('-') {
+            // A bare `-` followed by the item's deeper-indented keys is
+            // still that mapping; with no other key, `{}` keeps the item a
+            // mapping rather than a null.
+            let sibling = lines[end..]
+                .iter()
+                .map(|l| split_indent(l))
+                .find(|(_, c)| !is_blank_or_comment(c))
+                .is_some_and(|(n, _)| n == indent);
+            out.push_str(dash.trim_end());
+            if !sibling {
+                out.push_str(" {}");
             }
-            out.push('\n');
-            continue;
         }
-        if in_entry && (content.trim().is_empty() || this_indent > indent) {
-            out.push('\n');
-            continue;
-        }
-        in_entry = false;
-        out.push_str(l);
+        out.push('\n');
     }
     Some(out)
+}
+
+/// A line's count of leading spaces and the rest.
+fn split_indent(line: &str) -> (usize, &str) {
+    let content = line.trim_start_matches(' ');
+    (line.len() - content.len(), content)
+}
+
+/// A block sequence entry: `-` followed by a blank or the line's end.
+fn is_item(content: &str) -> bool {
+    content
+        .strip_prefix('-')
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', '\t', '\n', '\r']))
+}
+
+/// Whether a `key:` line leaves its value to the following lines: nothing
+/// after the colon but a comment, an anchor or a tag.
+fn opens_block(entry: &str) -> bool {
+    let l = entry.split(" #").next().unwrap_or(entry).trim_end();
+    if l.ends_with(':') {
+        return true;
+    }
+    l.rsplit_once(": ").is_some_and(|(_, v)| {
+        v.split_whitespace()
+            .all(|t| t.starts_with('&') || t.starts_with('!'))
+    })
 }
 
 fn shift(pos: Pos, chunk: &Chunk<'_>) -> Pos {
@@ -384,37 +432,88 @@ fn yaml_problem(path: &str, chunk: &Chunk<'_>, e: &serde_saphyr::Error) -> Probl
         .location()
         .map(|l| shift(l.into(), chunk))
         .unwrap_or(Pos::new(chunk.line_offset + 1, 1));
-    Problem::error(path, pos, clean_message(&e.without_snippet().to_string()))
+    Problem::error(path, pos, clean_message(&yaml_message(e)))
 }
 
-/// serde-saphyr's messages end in " at line L, column C" (we print the
-/// position ourselves) and some speak to the developer rather than the user.
-fn clean_message(msg: &str) -> String {
-    let mut m = msg.trim_end();
-    // The position is reported on its own; drop the parser's copy, only
-    // when it really is a trailing ` at line L, column C`.
-    while let Some(i) = m.rfind(" at line ") {
-        let tail = &m[i + " at line ".len()..];
-        let is_position = tail.split_once(", column ").is_some_and(|(l, c)| {
-            !l.is_empty()
-                && !c.is_empty()
-                && l.bytes().all(|b| b.is_ascii_digit())
-                && c.bytes().all(|b| b.is_ascii_digit())
-        });
-        if !is_position {
-            break;
+/// The words of a serde-saphyr error, for a [`Problem`] that carries its
+/// position on its own. Every path that turns such an error into a problem
+/// goes through here.
+pub(crate) fn yaml_message(e: &serde_saphyr::Error) -> String {
+    e.render_with_options(serde_saphyr::render_options! {
+        formatter: &Words,
+        snippets: serde_saphyr::SnippetMode::Off,
+    })
+}
+
+/// Renders serde-saphyr's errors without positions (an error inside an
+/// alias replay even counts them from the anchor, not the file) and words
+/// the ones that would otherwise print internal names or Debug output.
+struct Words;
+
+impl serde_saphyr::Localizer for Words {
+    fn attach_location<'a>(&self, base: Cow<'a, str>, _: serde_saphyr::Location) -> Cow<'a, str> {
+        base
+    }
+
+    fn alias_defined_at(&self, _: serde_saphyr::Location) -> String {
+        String::new()
+    }
+
+    fn alias_used_at(&self, _: serde_saphyr::Location) -> String {
+        String::new()
+    }
+}
+
+impl serde_saphyr::MessageFormatter for Words {
+    fn localizer(&self) -> &dyn serde_saphyr::Localizer {
+        self
+    }
+
+    fn format_message<'a>(&self, err: &'a serde_saphyr::Error) -> Cow<'a, str> {
+        use serde_saphyr::Error;
+        match err {
+            Error::Budget { breach, .. } => Cow::Owned(format!(
+                "the document is over the parser's budget for {}",
+                budget_subject(breach)
+            )),
+            Error::DuplicateMappingKey { key: Some(k), .. } => {
+                Cow::Owned(format!("duplicate key `{k}`"))
+            }
+            Error::DuplicateMappingKey { key: None, .. } => Cow::Borrowed("duplicate key"),
+            _ => serde_saphyr::DefaultMessageFormatter.format_message(err),
         }
-        m = &m[..i];
     }
-    // Alias-budget errors name where the anchor was defined and used;
-    // the problem's own position says where, so keep the sentence.
-    if let Some(i) = m.find(" (defined at") {
-        m = m[..i].trim_end_matches([',', ' ']);
+}
+
+/// What a budget limits, in the words of someone writing YAML.
+fn budget_subject(breach: &serde_saphyr::budget::BudgetBreach) -> &'static str {
+    use serde_saphyr::budget::BudgetBreach as B;
+    match breach {
+        B::Events { .. } => "parser events (the document is too large)",
+        B::Aliases { .. } => "aliases (`*name`)",
+        B::Anchors { .. } => "anchors (`&name`)",
+        B::Depth { .. } => "nesting depth",
+        B::InclusionDepth { .. } => "include depth",
+        B::Documents { .. } => "documents",
+        B::Nodes { .. } => "values (the document is too large)",
+        B::ScalarBytes { .. } => "text (the document's values are too long)",
+        B::MergeKeys { .. } => "merge keys (`<<`)",
+        B::AliasAnchorRatio { .. } => "aliases per anchor",
+        B::SequenceUnbalanced => "structure (a sequence or mapping is not closed)",
+        B::InputBytes { .. } => "input bytes (the document is too large)",
+        B::RecordedAnchorEvents { .. } | B::RecordedAnchorBytes { .. } => {
+            "anchored values repeated through aliases"
+        }
+        B::PropertyExpansionDepth { .. } | B::PropertyInterpolationWork { .. } => {
+            "property expansion"
+        }
+        _ => "its size or complexity",
     }
-    if let Some(rest) = m.strip_prefix("duplicate mapping key: ") {
-        let key = rest.split(',').next().unwrap_or(rest);
-        return format!("duplicate key `{key}`");
-    }
+}
+
+/// Our own wording on top of [`yaml_message`], for manifest documents.
+fn clean_message(msg: &str) -> String {
+    let m = msg.trim_end();
     if m.starts_with("expected mapping") || m == "invalid type" {
         return format!("{m} (a manifest document must be a mapping of fields)");
     }
@@ -562,6 +661,32 @@ mod tests {
                     line_offset: 4
                 },
             ]
+        );
+    }
+
+    #[test]
+    fn blanking_takes_a_compact_sequence_only_under_an_opening_key() {
+        let text = "a: 1\nbogus: &x # why\n- p\n\n- q:\n    r: 1\nb: 2\n";
+        assert_eq!(
+            blank_entry(text, 2, 1).as_deref(),
+            Some("a: 1\n\n\n\n\n\nb: 2\n")
+        );
+        // `bogus: x` then `- p` is broken YAML; leave it for the parser to say.
+        let text = "bogus: x\n- p\n";
+        assert_eq!(blank_entry(text, 1, 1).as_deref(), Some("\n- p\n"));
+    }
+
+    #[test]
+    fn blanking_a_first_key_keeps_the_item_and_its_other_keys() {
+        let text = "users:\n  - pass: x\n    name: a\n  - name: b\n";
+        assert_eq!(
+            blank_entry(text, 2, 5).as_deref(),
+            Some("users:\n  -\n    name: a\n  - name: b\n")
+        );
+        let text = "users:\n  - pass:\n      - x\n  - name: b\n";
+        assert_eq!(
+            blank_entry(text, 2, 5).as_deref(),
+            Some("users:\n  - {}\n\n  - name: b\n")
         );
     }
 

@@ -1950,10 +1950,9 @@ fn a_document_with_200k_keys_is_refused() {
     assert_refused(&block, "unknown field `aaa`");
 }
 
-// ---------------------------------------------------------------- known bugs
+// ---------------------------------------------------------------- regressions
 
 #[test]
-#[ignore = "bug: blank_entry turns `- pass: x` into `- {}` and the retry reports a false `missing field name`"]
 fn an_unknown_first_key_of_a_list_item_is_the_only_problem() {
     check(
         &[
@@ -1970,7 +1969,6 @@ fn an_unknown_first_key_of_a_list_item_is_the_only_problem() {
 }
 
 #[test]
-#[ignore = "bug: blank_entry keeps a same-indent block sequence under an unknown key; the retry reports a false syntax error and loses later problems"]
 fn an_unknown_key_with_a_compact_sequence_does_not_hide_later_problems() {
     check(
         &[
@@ -2022,7 +2020,6 @@ fn messages_never_carry_raw_control_characters() {
 }
 
 #[test]
-#[ignore = "bug: budget-breach messages still end in serde-saphyr's ` at line 1, column 53` (relative to an anchor replay, not the file); they do not come through load::clean_message"]
 fn budget_errors_read_cleanly() {
     let loaded = load(&[FLEET, ("sites/evil.yaml", &laughs(6))]);
     for p in loaded.errors() {
