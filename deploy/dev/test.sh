@@ -10,6 +10,9 @@ need=()
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v git >/dev/null 2>&1 || need+=(git)
+command -v dockerd >/dev/null 2>&1 || need+=(docker.io)
+[ -x /bin/busybox ] && file -L /bin/busybox 2>/dev/null | grep -q static || need+=(busybox-static)
+command -v file >/dev/null 2>&1 || need+=(file)
 if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
         echo "test.sh: installing ${need[*]}" >&2
@@ -23,6 +26,23 @@ if [ ${#need[@]} -gt 0 ]; then
     else
         echo "test.sh: missing ${need[*]}; the tests that need them will skip (run as root on Debian to install)" >&2
     fi
+fi
+
+# The Docker tests need a running engine: start Debian's dockerd when none
+# answers (as root; elsewhere they skip loudly, and fail under CI=true).
+if command -v docker >/dev/null 2>&1 && ! docker info >/dev/null 2>&1 \
+    && [ "$(id -u)" = 0 ] && command -v dockerd >/dev/null 2>&1; then
+    echo "test.sh: starting dockerd (log: /var/log/vsa-test-dockerd.log)" >&2
+    nohup dockerd >/var/log/vsa-test-dockerd.log 2>&1 &
+    for _ in $(seq 60); do
+        docker info >/dev/null 2>&1 && break
+        sleep 0.5
+    done
+    docker info >/dev/null 2>&1 || { tail -20 /var/log/vsa-test-dockerd.log >&2; exit 1; }
+fi
+# Test images, built from local files (no registry is reachable).
+if docker info >/dev/null 2>&1; then
+    ./deploy/dev/images.sh
 fi
 
 exec cargo test --workspace --locked "$@"

@@ -28,9 +28,13 @@ pub enum ApplyError {
     #[error(transparent)]
     Store(#[from] vsa_store::StoreError),
     #[error(
-        "nginx -t fails even with all of vsa's changes taken back, so nothing was reloaded: {0}"
+        "nginx -t fails even with all of vsa's changes taken back, so they stay taken back and nothing was reloaded: {0}"
     )]
     BrokenWithoutUs(String),
+    #[error(
+        "cannot run nginx -t, so vsa's changes to the nginx config were taken back and nothing was reloaded: {0}"
+    )]
+    NginxUnavailable(String),
 }
 
 #[derive(Clone, Debug)]
@@ -488,7 +492,12 @@ async fn isolate(
     loop {
         let line = match &error {
             NginxError::Failed { output, .. } => first_error(output),
-            other => other.to_string(),
+            other => {
+                // No verdict on the config at all: nothing unverified stays.
+                let line = other.to_string();
+                take_back_all(cx, w, groups, applied, before, &line)?;
+                return Err(ApplyError::NginxUnavailable(line));
+            }
         };
         // nginx names the file it rejects; is it one of ours?
         let named = error_location(&line).and_then(|(path, _)| {
@@ -504,7 +513,10 @@ async fn isolate(
             Some(pos) => applied.remove(pos),
             None => match bisect(cx, w, groups, applied, before).await {
                 Some(gi) => gi,
-                None => return Err(ApplyError::BrokenWithoutUs(line)),
+                None => {
+                    take_back_all(cx, w, groups, applied, before, &line)?;
+                    return Err(ApplyError::BrokenWithoutUs(line));
+                }
             },
         };
         let (name, changes) = &groups[culprit];
@@ -525,16 +537,51 @@ async fn isolate(
         failed.insert(name.clone(), line);
         match cx.nginx.test().await {
             Ok(()) => return Ok(()),
-            Err(e) if applied.is_empty() => return Err(ApplyError::BrokenWithoutUs(err_line(&e))),
+            Err(e) if applied.is_empty() => {
+                return Err(ApplyError::BrokenWithoutUs(err_line(&e)));
+            }
             Err(e) => error = e,
         }
     }
 }
 
+/// Takes every applied group's config files back (idempotent: a group
+/// already taken back is written back to the same content) and audits it.
+fn take_back_all(
+    cx: &mut Ctx<'_>,
+    w: &mut Writer<'_>,
+    groups: &[(String, Vec<&Change>)],
+    applied: &mut Vec<usize>,
+    before: &Observed,
+    why: &str,
+) -> Result<(), ApplyError> {
+    for &gi in applied.iter() {
+        for c in groups[gi].1.iter().rev().filter(|c| touches_config(c)) {
+            let _ = w.back(c, before);
+        }
+    }
+    let commit = cx.commit.clone();
+    cx.audit.record(
+        commit.as_deref(),
+        NewEvent::new(
+            "nginx.test",
+            "nginx",
+            Outcome::Error,
+            format!(
+                "{} site(s) taken back, nothing reloaded: {why}",
+                applied.len()
+            ),
+        ),
+    )?;
+    applied.clear();
+    Ok(())
+}
+
 /// When nginx's error names no file of ours: takes every applied group back
 /// and re-applies halves to find one that makes `nginx -t` fail. Returns
 /// it (removed from `applied`, the others re-applied), or `None` when the
-/// config fails even without any of our changes.
+/// config fails even without any of our changes (then all are left taken
+/// back).
 async fn bisect(
     cx: &mut Ctx<'_>,
     w: &mut Writer<'_>,
@@ -556,9 +603,7 @@ async fn bisect(
         back(w, gi);
     }
     if cx.nginx.test().await.is_err() {
-        for &gi in applied.iter() {
-            forward(w, gi);
-        }
+        // Broken without us: the caller leaves everything taken back.
         return None;
     }
     // Invariant: the accepted groups pass; `candidates` holds a culprit.

@@ -1,9 +1,10 @@
 //! Adapters between vsa's pure core and the live host.
 //!
 //! Each module owns one kind of live resource and offers `observe` (and,
-//! later, `apply`). Everything host-specific (files, git, processes) lives
-//! here or in the binaries, never in `vsa-core`.
+//! later, `apply`). Everything host-specific (files, git, processes, the
+//! Docker engine) lives here or in the binaries, never in `vsa-core`.
 
+pub mod docker;
 pub mod files;
 pub mod git;
 pub mod nginx;

@@ -1,8 +1,8 @@
 //! Controlling nginx: `nginx -t` before every reload, and the reload.
 //!
 //! The commands are argv from the configuration (DESIGN §4), run on the
-//! host. Running them inside the proxy container (`nginx.container`) comes
-//! with the Docker adapter.
+//! host, or, when `nginx.container` is set, inside that container through
+//! the Docker Engine API (`docker exec`).
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -24,26 +24,32 @@ pub enum NginxError {
         /// nginx's own first `[emerg]`/`[error]` line, or the last output line.
         first_error: String,
     },
-    #[error(
-        "nginx.container is set, but running nginx in a container needs the Docker adapter, which this build lacks"
-    )]
-    ContainerUnsupported,
+    #[error(transparent)]
+    Docker(#[from] crate::docker::DockerError),
 }
 
 #[derive(Clone, Debug)]
 pub struct NginxControl {
     pub test: Vec<String>,
     pub reload: Vec<String>,
+    /// Run the commands in this container (`docker exec`).
     pub container: Option<String>,
+    /// The Docker endpoint for `container`.
+    pub docker_endpoint: String,
     pub timeout: Duration,
 }
 
 impl NginxControl {
-    pub fn from_config(c: &vsa_core::config::NginxConfig) -> Self {
+    pub fn from_config(c: &vsa_core::config::Config) -> Self {
         NginxControl {
-            test: c.test.clone(),
-            reload: c.reload.clone(),
-            container: c.container.clone(),
+            test: c.nginx.test.clone(),
+            reload: c.nginx.reload.clone(),
+            container: c.nginx.container.clone(),
+            docker_endpoint: c
+                .docker
+                .endpoint
+                .clone()
+                .unwrap_or_else(|| DEFAULT_DOCKER_ENDPOINT.to_owned()),
             timeout: Duration::from_secs(120),
         }
     }
@@ -59,8 +65,8 @@ impl NginxControl {
     }
 
     async fn run(&self, argv: &[String]) -> Result<(), NginxError> {
-        if self.container.is_some() {
-            return Err(NginxError::ContainerUnsupported);
+        if let Some(container) = &self.container {
+            return self.run_in(container, argv).await;
         }
         let shown = argv.join(" ");
         let Some((program, args)) = argv.split_first() else {
@@ -103,6 +109,29 @@ impl NginxControl {
         })
     }
 }
+
+impl NginxControl {
+    async fn run_in(&self, container: &str, argv: &[String]) -> Result<(), NginxError> {
+        let docker = crate::docker::connect(&self.docker_endpoint).await?;
+        let out = crate::docker::exec(&docker, container, argv, self.timeout).await?;
+        if out.success() {
+            return Ok(());
+        }
+        let mut output = out.stderr;
+        output.push_str(&out.stdout);
+        if let Some(code) = out.exit_code.filter(|_| output.trim().is_empty()) {
+            output = format!("exited with code {code}");
+        }
+        Err(NginxError::Failed {
+            argv: format!("docker exec {container} {}", argv.join(" ")),
+            first_error: first_error(&output),
+            output,
+        })
+    }
+}
+
+/// Where the Docker engine listens when `docker.endpoint` is not set.
+pub const DEFAULT_DOCKER_ENDPOINT: &str = "unix:///var/run/docker.sock";
 
 /// nginx's first `[emerg]`, `[alert]`, `[crit]` or `[error]` line.
 pub fn first_error(output: &str) -> String {

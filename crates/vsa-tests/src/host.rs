@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 
 use clap::Parser;
@@ -104,15 +104,7 @@ impl Host {
     }
 
     pub fn vsactl(&self, args: &[&str]) -> ExitCode {
-        let mut argv = vec!["vsactl", "--config", self.config_file.to_str().unwrap()];
-        argv.extend_from_slice(args);
-        let cli = vsactl::cli::Cli::try_parse_from(argv).unwrap();
-        let env = Env {
-            user: Some("tester".into()),
-            vsa_root: Some(self.root.clone()),
-            ..Env::default()
-        };
-        vsactl::run(cli, &env)
+        vsactl_in(&self.root, &self.config_file, args)
     }
 
     /// Runs the real vsactl code in a child process (this test binary,
@@ -120,23 +112,7 @@ impl Host {
     /// test binary must define that entry:
     /// `#[test] #[ignore] fn child_vsactl() { vsa_tests::host::child_main() }`.
     pub fn vsactl_child(&self, args: &[&str], envs: &[(&str, &str)]) -> std::process::Output {
-        let mut c = Command::new(std::env::current_exe().unwrap());
-        c.args([
-            "--exact",
-            "child_vsactl",
-            "--ignored",
-            "--nocapture",
-            "--test-threads",
-            "1",
-        ])
-        .env("VSA_CHILD_ARGS", args.join("\u{1f}"))
-        .env("VSA_CHILD_CONFIG", &self.config_file)
-        .env("VSA_ROOT", &self.root)
-        .stdin(Stdio::null());
-        for (k, v) in envs {
-            c.env(k, v);
-        }
-        c.output().unwrap()
+        vsactl_child_in(&self.root, &self.config_file, args, envs)
     }
 
     pub fn path(&self, rel: &str) -> PathBuf {
@@ -144,11 +120,7 @@ impl Host {
     }
 
     pub fn audit_lines(&self) -> Vec<serde_json::Value> {
-        std::fs::read_to_string(self.path("var/log/vsa/audit.jsonl"))
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
+        audit_lines_in(&self.root)
     }
 
     pub fn reloads(&self) -> usize {
@@ -196,6 +168,57 @@ pub fn load_config(h: &Host) -> vsa_core::config::Config {
         root: &h.root,
     })
     .unwrap()
+}
+
+/// Runs vsactl's code in this process as user `tester`, with `root` as
+/// `$VSA_ROOT` and `config_file` as `--config`.
+pub fn vsactl_in(root: &Path, config_file: &Path, args: &[&str]) -> ExitCode {
+    let mut argv = vec!["vsactl", "--config", config_file.to_str().unwrap()];
+    argv.extend_from_slice(args);
+    let cli = vsactl::cli::Cli::try_parse_from(argv).unwrap();
+    let env = Env {
+        user: Some("tester".into()),
+        vsa_root: Some(root.to_owned()),
+        ..Env::default()
+    };
+    vsactl::run(cli, &env)
+}
+
+/// Runs vsactl's code in a child process: this test binary, re-entered
+/// through its `child_vsactl` entry (see [`child_main`]), with `root` as
+/// `$VSA_ROOT`. For kills, stdin and what it prints.
+pub fn vsactl_child_in(
+    root: &Path,
+    config_file: &Path,
+    args: &[&str],
+    envs: &[(&str, &str)],
+) -> std::process::Output {
+    let mut c = Command::new(std::env::current_exe().unwrap());
+    c.args([
+        "--exact",
+        "child_vsactl",
+        "--ignored",
+        "--nocapture",
+        "--test-threads",
+        "1",
+    ])
+    .env("VSA_CHILD_ARGS", args.join("\u{1f}"))
+    .env("VSA_CHILD_CONFIG", config_file)
+    .env("VSA_ROOT", root)
+    .stdin(Stdio::null());
+    for (k, v) in envs {
+        c.env(k, v);
+    }
+    c.output().unwrap()
+}
+
+/// The audit events under `root` (default `paths.audit_log`), as JSON.
+pub fn audit_lines_in(root: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(root.join("var/log/vsa/audit.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
 /// The body of a test binary's `child_vsactl` entry (see

@@ -197,6 +197,62 @@ fn a_site_nginx_rejects_fails_alone_and_nginx_stays_valid() {
 }
 
 #[test]
+fn a_config_broken_by_someone_else_gets_none_of_our_changes() {
+    let Some(bin) = nginx() else { return };
+    let up = Upstream::start("app");
+    let mut h = Host::new(bin);
+    h.url_site("old.vsa.test", &up);
+    h.start();
+    assert_eq!(h.vsactl(&["apply", "--yes"]), ExitCode::SUCCESS);
+    let before = h.files();
+
+    // A hand-made file breaks nginx -t; vsa's changes cannot be verified.
+    std::fs::write(h.path("etc/nginx/conf.d/zz-hand.conf"), "not a directive\n").unwrap();
+    h.url_site("new.vsa.test", &up);
+    std::fs::remove_file(h.repo.join("sites/old.vsa.test.yaml")).unwrap();
+    let out = h.vsactl_child(&["apply", "--yes"], &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("fails even with all of vsa's changes taken back"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("zz-hand.conf"),
+        "names nginx's error: {stderr}"
+    );
+    // Every config file of ours is as it was (the removed site's included),
+    // and nothing was reloaded: nginx still serves the old site.
+    let mut after = h.files();
+    after.remove("etc/nginx/conf.d/zz-hand.conf");
+    let contents = |m: &BTreeMap<String, (u64, i64, i64, String)>| {
+        m.iter()
+            .map(|(k, v)| (k.clone(), v.3.clone()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(contents(&after), contents(&before));
+    assert_eq!(h.reloads(), 1);
+    assert_eq!(
+        http_get_until(h.http_port, "old.vsa.test", "/", &[], |r| r.status == 200).status,
+        200
+    );
+    let taken_back = h
+        .audit_lines()
+        .into_iter()
+        .find(|e| e["action"] == "nginx.test")
+        .expect("an nginx.test event");
+    assert_eq!(taken_back["outcome"], "error");
+
+    // Once the hand-made file is fixed, the next apply converges.
+    std::fs::remove_file(h.path("etc/nginx/conf.d/zz-hand.conf")).unwrap();
+    assert_eq!(h.vsactl(&["apply", "--yes"]), ExitCode::SUCCESS);
+    assert_eq!(
+        http_get_until(h.http_port, "new.vsa.test", "/", &[], |r| r.status == 200).status,
+        200
+    );
+}
+
+#[test]
 fn removing_a_site_removes_its_files_and_nginx_stops_serving_it() {
     let Some(bin) = nginx() else { return };
     let keep = Upstream::start("keep");

@@ -173,7 +173,7 @@ pub fn apply(
 
     let renderer =
         Renderer::new(RenderSettings::from(&ctx.config)).with_threads(pipeline::threads());
-    let nginx = vsa_live::nginx::NginxControl::from_config(&ctx.config.nginx);
+    let nginx = vsa_live::nginx::NginxControl::from_config(&ctx.config);
     let actor = format!("cli:{}", env.user.as_deref().unwrap_or("unknown"));
     let rt = runtime()?;
     let report = rt.block_on(async {
