@@ -6,6 +6,7 @@
 
 pub mod apply;
 pub mod lock;
+pub mod pipeline;
 
 pub use apply::{ApplyOptions, ApplyReport, Failure, apply};
 pub use lock::HostLock;

@@ -1,10 +1,10 @@
 //! Resolving the configuration, repository and host a command works on:
 //! file, then environment, then flags.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use anyhow::{Context as _, Result, anyhow, bail};
-use vsa_core::config::{Config, ConfigSource};
+use anyhow::{Context as _, Result, bail};
+use vsa_core::config::Config;
 
 use crate::cli::Global;
 
@@ -50,41 +50,16 @@ pub struct Context {
 
 impl Context {
     pub fn load(global: &Global, env: &Env) -> Result<Context> {
-        let root = env.vsa_root.clone().unwrap_or_else(|| PathBuf::from("/"));
-        let root = absolute(&root);
-        let (path, explicit) = match (&global.config, &env.vsa_config) {
-            (Some(p), _) => (p.clone(), true),
-            (None, Some(p)) => (p.clone(), true),
-            (None, None) => (root.join("etc/vsa/vsa.yaml"), false),
-        };
-        let text = match std::fs::read_to_string(&path) {
-            Ok(t) => Some(t),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => None,
-            Err(e) => {
-                return Err(
-                    anyhow!(e).context(format!("cannot read configuration {}", path.display()))
-                );
-            }
-        };
-        let base_dir = absolute(path.parent().unwrap_or(Path::new(".")));
-        let file = path.display().to_string();
-        let src = ConfigSource {
-            file: &file,
-            text: text.as_deref(),
-            base_dir: &base_dir,
-            root: &root,
-        };
-        let config = Config::parse(&src).map_err(|problems| {
-            let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
-            anyhow!("invalid configuration:\n{}", lines.join("\n"))
-        })?;
-        let config_origin = if text.is_some() {
-            file
-        } else {
-            "built-in defaults".to_owned()
-        };
+        let vsa_live::config_file::LoadedConfig {
+            config,
+            origin: config_origin,
+        } = vsa_live::config_file::load(
+            global.config.as_deref(),
+            env.vsa_config.as_deref(),
+            env.vsa_root.as_deref(),
+        )?;
         let repo = match &global.repo {
-            Some(r) => absolute(r),
+            Some(r) => vsa_live::config_file::absolute(r),
             None => config.repo.path.clone(),
         };
         let host = global.host.clone().or_else(|| config.host.clone());
@@ -110,8 +85,4 @@ impl Context {
     pub fn read_repo(&self) -> Result<(Vec<vsa_core::SourceFile>, Vec<vsa_core::Problem>)> {
         vsa_live::read_repo(&self.repo).with_context(|| "cannot read the desired state".to_string())
     }
-}
-
-fn absolute(p: &Path) -> PathBuf {
-    std::path::absolute(p).unwrap_or_else(|_| p.to_owned())
 }

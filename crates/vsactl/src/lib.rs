@@ -7,7 +7,7 @@ pub mod cli;
 pub mod context;
 pub mod converge;
 pub mod output;
-pub mod pipeline;
+pub use vsa_engine::pipeline;
 pub mod review;
 
 use std::io::{IsTerminal, Read, Write};

@@ -29,8 +29,7 @@ pub fn threads() -> usize {
 /// Reads and validates the repository at `repo`.
 pub fn load_repo(repo: &Path) -> Result<(Model, Vec<Problem>), PipelineError> {
     let (files, mut read_problems) = vsa_live::read_repo(repo)?;
-    let Loaded { model, problems } =
-        vsa_core::validate::load_parallel(&files, crate::pipeline::threads());
+    let Loaded { model, problems } = vsa_core::validate::load_parallel(&files, threads());
     read_problems.extend(problems);
     vsa_core::problem::sort(&mut read_problems);
     match model {
