@@ -44,6 +44,9 @@ pub struct ApplyOptions {
     /// Test hook: abort the process after this many file writes, to prove
     /// that a kill at any point leaves every file whole.
     pub abort_after_writes: Option<usize>,
+    /// Resources (by name) not to touch this time: the daemon's backoff
+    /// after a failure. Their changes stay in the remaining plan.
+    pub hold: BTreeSet<String>,
 }
 
 impl Default for ApplyOptions {
@@ -51,6 +54,7 @@ impl Default for ApplyOptions {
         ApplyOptions {
             max_passes: 4,
             abort_after_writes: None,
+            hold: BTreeSet::new(),
         }
     }
 }
@@ -121,7 +125,8 @@ pub async fn apply(cx: &mut Ctx<'_>) -> Result<ApplyReport, ApplyError> {
             let full =
                 vsa_core::plan(cx.model, cx.host, &observed, cx.renderer, cx.commit.clone())?;
             let mut plan = full.clone();
-            plan.changes.retain(|c| !failed.contains_key(&c.name));
+            plan.changes
+                .retain(|c| !failed.contains_key(&c.name) && !cx.options.hold.contains(&c.name));
             if plan.changes.is_empty() || plan.changes.len() >= last_len {
                 current = Some(full);
                 break;

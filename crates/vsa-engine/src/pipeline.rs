@@ -1,11 +1,11 @@
 //! From a repository on disk and a host to a [`Plan`]: read, validate,
-//! observe, plan. The daemon and the benchmarks use the same steps.
+//! observe, plan. `vsactl`, the daemon and the benchmarks use the same steps.
 
 use std::path::Path;
 
 use vsa_core::config::Config;
 use vsa_core::render::RenderSettings;
-use vsa_core::{Loaded, Model, Observed, Plan, Problem, Renderer};
+use vsa_core::{Loaded, Model, Observed, Plan, Problem, Renderer, SourceFile};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -28,13 +28,25 @@ pub fn threads() -> usize {
 
 /// Reads and validates the repository at `repo`.
 pub fn load_repo(repo: &Path) -> Result<(Model, Vec<Problem>), PipelineError> {
-    let (files, mut read_problems) = vsa_live::read_repo(repo)?;
-    let Loaded { model, problems } = vsa_core::validate::load_parallel(&files, threads());
-    read_problems.extend(problems);
-    vsa_core::problem::sort(&mut read_problems);
+    let (files, read_problems) = vsa_live::read_repo(repo)?;
+    load_files(&files, read_problems)
+}
+
+/// Validates manifest files (from a work tree or a commit), after the
+/// problems met reading them.
+pub fn load_files(
+    files: &[SourceFile],
+    mut problems: Vec<Problem>,
+) -> Result<(Model, Vec<Problem>), PipelineError> {
+    let Loaded {
+        model,
+        problems: more,
+    } = vsa_core::validate::load_parallel(files, threads());
+    problems.extend(more);
+    vsa_core::problem::sort(&mut problems);
     match model {
-        Some(m) if !read_problems.iter().any(Problem::is_error) => Ok((m, read_problems)),
-        _ => Err(PipelineError::Invalid(read_problems)),
+        Some(m) if !problems.iter().any(Problem::is_error) => Ok((m, problems)),
+        _ => Err(PipelineError::Invalid(problems)),
     }
 }
 

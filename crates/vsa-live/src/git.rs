@@ -117,3 +117,177 @@ pub fn files_at(
     });
     Ok((commit.id().to_string(), files, problems))
 }
+
+/// A remote the daemon follows (DESIGN §4 `repo.*`).
+#[derive(Clone, Debug)]
+pub struct Remote {
+    /// `file://`, `https://` or `ssh://` (also `user@host:path`).
+    pub url: String,
+    pub branch: String,
+    /// HTTPS: a token, sent as the password (user `x-access-token`).
+    pub token_file: Option<std::path::PathBuf>,
+    /// SSH: a private key file (no passphrase).
+    pub ssh_key_file: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error("cannot clone {url} into {path}: {}", .source.message())]
+    Clone {
+        url: String,
+        path: String,
+        source: git2::Error,
+    },
+    #[error("{path} exists and is not a git clone; move it away or point repo.path elsewhere")]
+    NotAClone { path: String },
+    #[error("cannot fetch {branch} from {url}: {}", .source.message())]
+    Fetch {
+        url: String,
+        branch: String,
+        source: git2::Error,
+    },
+    #[error("cannot read {what} {path}: {source}")]
+    Secret {
+        what: &'static str,
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot check out {commit} in {path}: {}", .source.message())]
+    Checkout {
+        commit: String,
+        path: String,
+        source: git2::Error,
+    },
+}
+
+impl Remote {
+    fn fetch_options(&self) -> Result<git2::FetchOptions<'static>, SyncError> {
+        let token = match &self.token_file {
+            Some(p) => Some(
+                std::fs::read_to_string(p)
+                    .map_err(|source| SyncError::Secret {
+                        what: "repo.token_file",
+                        path: p.display().to_string(),
+                        source,
+                    })?
+                    .trim()
+                    .to_owned(),
+            ),
+            None => None,
+        };
+        let key = self.ssh_key_file.clone();
+        let mut tries = 0;
+        let mut callbacks = git2::RemoteCallbacks::new();
+        callbacks.credentials(move |_url, username, allowed| {
+            // libgit2 asks again after a refusal: give each way one chance.
+            tries += 1;
+            if tries > 3 {
+                return Err(git2::Error::from_str(
+                    "the remote refused the credentials (repo.token_file / repo.ssh_key_file)",
+                ));
+            }
+            if allowed.contains(git2::CredentialType::SSH_KEY)
+                && let Some(key) = &key
+            {
+                return git2::Cred::ssh_key(username.unwrap_or("git"), None, key, None);
+            }
+            if allowed.contains(git2::CredentialType::USER_PASS_PLAINTEXT)
+                && let Some(token) = &token
+            {
+                return git2::Cred::userpass_plaintext("x-access-token", token);
+            }
+            if allowed.contains(git2::CredentialType::USERNAME) {
+                return git2::Cred::username(username.unwrap_or("git"));
+            }
+            Err(git2::Error::from_str(
+                "the remote asks for credentials: set repo.token_file (HTTPS) or repo.ssh_key_file (SSH)",
+            ))
+        });
+        let mut fo = git2::FetchOptions::new();
+        fo.remote_callbacks(callbacks);
+        Ok(fo)
+    }
+
+    fn tracking_ref(&self) -> String {
+        format!("refs/remotes/origin/{}", self.branch)
+    }
+}
+
+/// Brings the clone at `path` up to date with `remote`: clones it when
+/// `path` is absent or empty, else fetches the branch. Returns the commit
+/// at the tip of the remote branch. The work tree is left alone (see
+/// [`checkout`]).
+pub fn fetch(path: &Path, remote: &Remote) -> Result<String, SyncError> {
+    let is_empty_dir = |p: &Path| std::fs::read_dir(p).is_ok_and(|mut d| d.next().is_none());
+    let repo = if !path.exists() || is_empty_dir(path) {
+        let mut fo = remote.fetch_options()?;
+        fo.download_tags(git2::AutotagOption::None);
+        git2::build::RepoBuilder::new()
+            .branch(&remote.branch)
+            .fetch_options(fo)
+            .clone(&remote.url, path)
+            .map_err(|source| SyncError::Clone {
+                url: remote.url.clone(),
+                path: path.display().to_string(),
+                source,
+            })?
+    } else {
+        let repo = git2::Repository::open(path).map_err(|_| SyncError::NotAClone {
+            path: path.display().to_string(),
+        })?;
+        let fetch_err = |source| SyncError::Fetch {
+            url: remote.url.clone(),
+            branch: remote.branch.clone(),
+            source,
+        };
+        // The configured URL wins over whatever the clone was made from.
+        if repo
+            .find_remote("origin")
+            .ok()
+            .and_then(|r| r.url().ok().map(str::to_owned))
+            != Some(remote.url.clone())
+        {
+            if repo.find_remote("origin").is_ok() {
+                repo.remote_set_url("origin", &remote.url)
+                    .map_err(fetch_err)?;
+            } else {
+                repo.remote("origin", &remote.url).map_err(fetch_err)?;
+            }
+        }
+        let mut origin = repo.find_remote("origin").map_err(fetch_err)?;
+        let mut fo = remote.fetch_options()?;
+        fo.download_tags(git2::AutotagOption::None);
+        let refspec = format!("+refs/heads/{}:{}", remote.branch, remote.tracking_ref());
+        origin
+            .fetch(&[refspec.as_str()], Some(&mut fo), None)
+            .map_err(fetch_err)?;
+        drop(origin);
+        repo
+    };
+    let tip = repo
+        .refname_to_id(&remote.tracking_ref())
+        .map_err(|source| SyncError::Fetch {
+            url: remote.url.clone(),
+            branch: remote.branch.clone(),
+            source,
+        })?;
+    Ok(tip.to_string())
+}
+
+/// Makes the work tree at `path` exactly `commit` (HEAD detached there):
+/// the daemon's clone is its own, so local edits to tracked files go.
+pub fn checkout(path: &Path, commit: &str) -> Result<(), SyncError> {
+    let err = |source| SyncError::Checkout {
+        commit: commit.to_owned(),
+        path: path.display().to_string(),
+        source,
+    };
+    let repo = git2::Repository::open(path).map_err(err)?;
+    let oid = git2::Oid::from_str(commit).map_err(err)?;
+    let object = repo.find_object(oid, None).map_err(err)?;
+    let mut co = git2::build::CheckoutBuilder::new();
+    co.force().remove_untracked(false);
+    repo.checkout_tree(&object, Some(&mut co)).map_err(err)?;
+    repo.set_head_detached(oid).map_err(err)?;
+    Ok(())
+}

@@ -19,6 +19,8 @@ pub struct Host {
     pub repo: PathBuf,
     pub config_file: PathBuf,
     pub http_port: u16,
+    /// The `nginx:` part of the config, for [`Host::configure`].
+    nginx_yaml: String,
     _dir: tempfile::TempDir,
 }
 
@@ -64,16 +66,17 @@ impl Host {
                     .join(", ")
             )
         };
+        let nginx_yaml = format!(
+            "nginx:\n  http_port: {http_port}\n  https_port: {}\n  ipv6: false\n  resolver: 127.0.0.1\n  group: {}\n  test: {}\n  reload: {}\n",
+            free_port(),
+            current_group(),
+            argv(nginx.test_argv()),
+            argv(nginx.reload_argv()),
+        );
         let config_file = root.join("vsa.yaml");
         std::fs::write(
             &config_file,
-            format!(
-                "host: test-01\nrepo: {{ path: repo }}\nnginx:\n  http_port: {http_port}\n  https_port: {}\n  ipv6: false\n  resolver: 127.0.0.1\n  group: {}\n  test: {}\n  reload: {}\n",
-                free_port(),
-                current_group(),
-                argv(nginx.test_argv()),
-                argv(nginx.reload_argv()),
-            ),
+            format!("host: test-01\nrepo: {{ path: repo }}\n{nginx_yaml}"),
         )
         .unwrap();
         Host {
@@ -83,7 +86,18 @@ impl Host {
             config_file,
             nginx,
             http_port,
+            nginx_yaml,
         }
+    }
+
+    /// Rewrites the config: `host: test-01`, then `top` (YAML keys such as
+    /// `repo:`, `mode:`, `dashboard:`), then this host's `nginx:` part.
+    pub fn configure(&self, top: &str) {
+        std::fs::write(
+            &self.config_file,
+            format!("host: test-01\n{top}{}", self.nginx_yaml),
+        )
+        .unwrap();
     }
 
     pub fn site(&self, name: &str, body: &str) {

@@ -1,0 +1,238 @@
+//! The daemon's HTTP side on `dashboard.listen` (DESIGN §7): `/healthz`,
+//! `/api/status`, `/api/plan`, `/metrics`, and the signed push webhook
+//! `POST /hooks/git`. Read-only: the webhook only asks for a fetch.
+
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use hmac::{KeyInit, Mac};
+use serde::Serialize;
+use tokio::sync::mpsc::UnboundedSender;
+use vsa_core::config::Mode;
+use vsa_core::plan::Plan;
+
+use crate::Trigger;
+use crate::metrics::Metrics;
+
+/// What the daemon shows; written by the reconcile loop, read by handlers.
+#[derive(Debug, Default)]
+pub struct View {
+    /// The desired-state commit in force.
+    pub commit: Option<String>,
+    pub in_sync: Option<bool>,
+    /// Why the newest commit or the last apply failed, if it did.
+    pub last_error: Option<String>,
+    pub last_reconcile: Option<String>,
+    /// A commit refused by validation, and its problems.
+    pub refused: Option<Refused>,
+    pub plan: Option<Plan>,
+    pub metrics: Metrics,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Refused {
+    pub commit: String,
+    pub errors: Vec<String>,
+}
+
+pub struct Shared {
+    pub host: String,
+    pub mode: Mode,
+    pub view: Mutex<View>,
+    pub triggers: UnboundedSender<Trigger>,
+    /// The webhook's HMAC key; `None` disables `POST /hooks/git`.
+    pub webhook_secret: Option<Vec<u8>>,
+    /// With `dashboard.token_file`: needed for `/api/*`.
+    pub token: Option<String>,
+}
+
+impl Shared {
+    pub fn view(&self) -> std::sync::MutexGuard<'_, View> {
+        self.view.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+pub fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/api/status", get(status))
+        .route("/api/plan", get(plan))
+        .route("/metrics", get(metrics))
+        .route("/hooks/git", post(hook))
+        .with_state(shared)
+}
+
+#[derive(Serialize)]
+struct Status<'a> {
+    host: &'a str,
+    mode: Mode,
+    commit: Option<&'a str>,
+    in_sync: Option<bool>,
+    last_error: Option<&'a str>,
+    last_reconcile: Option<&'a str>,
+    /// Extension: the newest commit when validation refused it.
+    refused: Option<&'a Refused>,
+}
+
+fn authorized(s: &Shared, headers: &HeaderMap) -> bool {
+    let Some(token) = &s.token else {
+        return true;
+    };
+    let Some(value) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    if let Some(bearer) = value.strip_prefix("Bearer ") {
+        return constant_time_eq(bearer.trim().as_bytes(), token.as_bytes());
+    }
+    if let Some(basic) = value.strip_prefix("Basic ")
+        && let Some(decoded) = base64_decode(basic.trim())
+        && let Some((_, password)) = decoded.split_once(':')
+    {
+        return constant_time_eq(password.as_bytes(), token.as_bytes());
+    }
+    false
+}
+
+fn unauthorized() -> Response {
+    (
+        StatusCode::UNAUTHORIZED,
+        [(header::WWW_AUTHENTICATE, "Basic realm=\"vsa\"")],
+        "a dashboard token is required\n",
+    )
+        .into_response()
+}
+
+async fn status(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    if !authorized(&s, &headers) {
+        return unauthorized();
+    }
+    let v = s.view();
+    axum::Json(Status {
+        host: &s.host,
+        mode: s.mode,
+        commit: v.commit.as_deref(),
+        in_sync: v.in_sync,
+        last_error: v.last_error.as_deref(),
+        last_reconcile: v.last_reconcile.as_deref(),
+        refused: v.refused.as_ref(),
+    })
+    .into_response()
+}
+
+async fn plan(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    if !authorized(&s, &headers) {
+        return unauthorized();
+    }
+    match &s.view().plan {
+        Some(p) => axum::Json(p).into_response(),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no plan yet: the desired state has not been loaded\n",
+        )
+            .into_response(),
+    }
+}
+
+async fn metrics(State(s): State<Arc<Shared>>) -> Response {
+    let text = s.view().metrics.render(&s.host);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+/// `POST /hooks/git`: GitHub/Gitea-style push webhook, signed with
+/// `X-Hub-Signature-256: sha256=<hex HMAC-SHA256 of the body>`.
+async fn hook(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    let Some(secret) = &s.webhook_secret else {
+        return (
+            StatusCode::NOT_FOUND,
+            "the webhook is off: set repo.webhook_secret_file\n",
+        )
+            .into_response();
+    };
+    let signature = headers
+        .get("x-hub-signature-256")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("sha256="))
+        .and_then(hex_decode);
+    let Some(signature) = signature else {
+        tracing::warn!("webhook without a valid X-Hub-Signature-256 header refused");
+        return (StatusCode::UNAUTHORIZED, "missing or malformed signature\n").into_response();
+    };
+    let Ok(mut mac) = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret) else {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    };
+    mac.update(&body);
+    if mac.verify_slice(&signature).is_err() {
+        tracing::warn!("webhook with a wrong signature refused");
+        return (StatusCode::UNAUTHORIZED, "bad signature\n").into_response();
+    }
+    let _ = s.triggers.send(Trigger::Fetch);
+    (StatusCode::ACCEPTED, "fetch scheduled\n").into_response()
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn hex_decode(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+fn base64_decode(s: &str) -> Option<String> {
+    let mut bits = 0u32;
+    let mut n = 0;
+    let mut out = Vec::new();
+    for c in s.bytes().filter(|&c| c != b'=') {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        };
+        bits = (bits << 6) | u32::from(v);
+        n += 6;
+        if n >= 8 {
+            n -= 8;
+            out.push((bits >> n) as u8);
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decoders() {
+        assert_eq!(hex_decode("00ff10"), Some(vec![0, 255, 16]));
+        assert_eq!(hex_decode("0g"), None);
+        assert_eq!(hex_decode("abc"), None);
+        assert_eq!(base64_decode("dTpzZWNyZXQ=").as_deref(), Some("u:secret"));
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
+    }
+}

@@ -1,0 +1,298 @@
+//! `vsad`, the GitOps daemon (DESIGN §6): on each host it keeps the live
+//! proxy layer equal to the desired-state repository without anyone
+//! running a command, and shows what it sees over HTTP (DESIGN §7).
+//!
+//! [`daemon`] is the reconcile loop; [`http`] the read-only API and the
+//! signed webhook; [`sd`] the systemd notification protocol. Watchers
+//! (notify) turn file events into [`Trigger`]s for the loop.
+
+pub mod daemon;
+pub mod http;
+pub mod metrics;
+pub mod sd;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context as _, Result, bail};
+use clap::Parser;
+use notify::Watcher as _;
+use tokio::sync::mpsc::UnboundedSender;
+use vsa_core::config::Config;
+
+/// Why the loop should look again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Trigger {
+    /// Fetch the remote (poll tick or webhook).
+    Fetch,
+    /// The working copy changed (no remote configured).
+    Repo,
+    /// Something changed in the vhost or htpasswd directory.
+    Drift,
+    /// Re-observe everything.
+    Resync,
+}
+
+/// vsad — keep this host equal to the desired-state repository.
+///
+/// Reads the same configuration as vsactl (DESIGN §4). With `repo.url` it
+/// clones the repository into `repo.path` and fetches every `repo.poll`
+/// (and on a signed `POST /hooks/git`); without it, it watches the working
+/// copy at `repo.path`. A commit that fails validation is never applied:
+/// the last good one stays in force. In `mode: apply` drift is repaired
+/// within seconds; in `mode: report` it is only shown and audited.
+///
+/// Serves /healthz, /api/status, /api/plan and /metrics on
+/// `dashboard.listen`. Stops cleanly on SIGTERM or SIGINT.
+#[derive(Debug, Parser)]
+#[command(name = "vsad", version, about, long_about)]
+pub struct Cli {
+    /// Configuration file [default: $VSA_CONFIG, else $VSA_ROOT/etc/vsa/vsa.yaml]
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Check the configuration and the desired state, print what would be
+    /// done, and exit (0 valid, 2 invalid)
+    #[arg(long)]
+    pub check: bool,
+}
+
+/// The process's entry: parses `args`, runs until SIGTERM/SIGINT, and
+/// returns the exit code.
+pub fn main_with(args: impl IntoIterator<Item = String>) -> i32 {
+    let cli = match Cli::try_parse_from(args) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { 2 } else { 0 };
+        }
+    };
+    init_logging();
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the async runtime");
+            return 1;
+        }
+    };
+    let code = rt.block_on(async {
+        match run(&cli).await {
+            Ok(()) => 0,
+            Err(e) => {
+                tracing::error!(error = format!("{e:#}"), "vsad stops");
+                eprintln!("vsad: {e:#}");
+                1
+            }
+        }
+    });
+    // Blocking work (a slow fetch) must not hold the exit up.
+    rt.shutdown_timeout(std::time::Duration::from_millis(500));
+    code
+}
+
+fn init_logging() {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("VSA_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if std::io::stderr().is_terminal() {
+        builder.try_init()
+    } else {
+        builder.json().flatten_event(true).try_init()
+    };
+}
+
+async fn run(cli: &Cli) -> Result<()> {
+    let env_config = std::env::var_os("VSA_CONFIG")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from);
+    let root = std::env::var_os("VSA_ROOT")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from);
+    let loaded = vsa_live::config_file::load(
+        cli.config.as_deref(),
+        env_config.as_deref(),
+        root.as_deref(),
+    )?;
+    let config = Arc::new(loaded.config);
+    let Some(host) = config.host.clone() else {
+        bail!(
+            "no host to converge: set `host:` in the configuration ({})",
+            loaded.origin
+        );
+    };
+    if cli.check {
+        return check(&config, &host);
+    }
+    tracing::info!(config = %loaded.origin, host = %host, mode = ?config.mode, "vsad starting");
+
+    let secret = read_secret(
+        config.repo.webhook_secret_file.as_deref(),
+        "repo.webhook_secret_file",
+    )?;
+    let token = read_secret(
+        config.dashboard.token_file.as_deref(),
+        "dashboard.token_file",
+    )?
+    .map(|t| String::from_utf8_lossy(&t).into_owned());
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let shared = Arc::new(http::Shared {
+        host: host.clone(),
+        mode: config.mode,
+        view: Mutex::new(http::View::default()),
+        triggers: tx.clone(),
+        webhook_secret: secret,
+        token,
+    });
+
+    let listener = tokio::net::TcpListener::bind(&config.dashboard.listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on dashboard.listen {}",
+                config.dashboard.listen
+            )
+        })?;
+    tracing::info!(listen = %config.dashboard.listen, "serving the API");
+    let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(
+        axum::serve(listener, http::router(shared.clone()))
+            .with_graceful_shutdown(async {
+                let _ = http_stopped.await;
+            })
+            .into_future(),
+    );
+
+    // Watchers live as long as this function.
+    let _watchers = watch(&config, tx.clone())?;
+    let watchdog = sd::watchdog_interval().map(|every| {
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                sd::notify("WATCHDOG=1");
+            }
+        })
+    });
+
+    let daemon = daemon::Daemon::new(config.clone(), host, shared.clone()).await?;
+    daemon
+        .run(rx, shutdown_signal(), || {
+            sd::notify("READY=1");
+            tracing::info!("ready");
+        })
+        .await;
+    sd::notify("STOPPING=1");
+    if let Some(w) = watchdog {
+        w.abort();
+    }
+    let _ = stop_http.send(());
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), server).await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM"),
+        _ = int.recv() => tracing::info!("SIGINT"),
+    }
+}
+
+fn read_secret(path: Option<&Path>, what: &str) -> Result<Option<Vec<u8>>> {
+    let Some(path) = path else { return Ok(None) };
+    let bytes =
+        std::fs::read(path).with_context(|| format!("cannot read {what} {}", path.display()))?;
+    let trimmed = String::from_utf8_lossy(&bytes).trim().as_bytes().to_vec();
+    if trimmed.is_empty() {
+        bail!("{what} {} is empty", path.display());
+    }
+    Ok(Some(trimmed))
+}
+
+/// `vsad --check`: the configuration parses, the desired state loads.
+fn check(config: &Config, host: &str) -> Result<()> {
+    let (model, warnings) = match vsa_engine::pipeline::load_repo(&config.repo.path) {
+        Ok(x) => x,
+        Err(vsa_engine::pipeline::PipelineError::Invalid(problems)) => {
+            for p in &problems {
+                eprintln!("{p}");
+            }
+            std::process::exit(2);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    for w in &warnings {
+        eprintln!("{w}");
+    }
+    vsa_engine::pipeline::check_host(&model, host)?;
+    println!(
+        "ok: host {host}, {} site(s) for it, mode {:?}",
+        model.sites_for(host).count(),
+        config.mode
+    );
+    Ok(())
+}
+
+/// File watchers: the vhost and htpasswd dirs (drift), and the working
+/// copy when there is no remote.
+fn watch(config: &Config, tx: UnboundedSender<Trigger>) -> Result<Vec<notify::RecommendedWatcher>> {
+    let mut watchers = Vec::new();
+    let drift = tx.clone();
+    let mut w = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+        if let Ok(ev) = ev
+            && !ev.kind.is_access()
+            && !ev.paths.iter().all(|p| is_temp(p))
+        {
+            let _ = drift.send(Trigger::Drift);
+        }
+    })
+    .context("cannot start the file watcher")?;
+    for dir in [&config.paths.vhosts, &config.paths.htpasswd] {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        w.watch(dir, notify::RecursiveMode::NonRecursive)
+            .with_context(|| format!("cannot watch {}", dir.display()))?;
+    }
+    watchers.push(w);
+    if config.repo.url.is_none() {
+        let repo = config.repo.path.clone();
+        let mut w = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+            if let Ok(ev) = ev
+                && !ev.kind.is_access()
+                && ev
+                    .paths
+                    .iter()
+                    .any(|p| !p.components().any(|c| c.as_os_str() == ".git"))
+            {
+                let _ = tx.send(Trigger::Repo);
+            }
+        })
+        .context("cannot start the file watcher")?;
+        if repo.exists() {
+            w.watch(&repo, notify::RecursiveMode::Recursive)
+                .with_context(|| format!("cannot watch {}", repo.display()))?;
+        } else {
+            tracing::warn!(path = %repo.display(), "repo.path does not exist; nothing to watch");
+        }
+        watchers.push(w);
+    }
+    Ok(watchers)
+}
+
+/// vsa's own temp files (`.name.vsa-tmp...`), written before each rename.
+fn is_temp(p: &Path) -> bool {
+    p.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with('.'))
+}

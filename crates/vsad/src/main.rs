@@ -1,0 +1,3 @@
+fn main() {
+    std::process::exit(vsad::main_with(std::env::args()));
+}
