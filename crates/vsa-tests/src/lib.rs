@@ -5,6 +5,7 @@
 //! container names. A test that needs a part the machine lacks skips with a
 //! loud message, except under `CI=true`, where it fails.
 
+pub mod daemon;
 pub mod docker;
 pub mod host;
 

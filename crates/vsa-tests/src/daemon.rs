@@ -1,0 +1,208 @@
+//! A running `vsad` for tests and benches (the calling binary re-entered
+//! through its `child_vsad` entry), and a bare git repository on disk as
+//! its remote.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::host::Host;
+use crate::{Upstream, http_get};
+
+/// The body of a binary's `child_vsad` entry: runs vsad with the config the
+/// parent named in `$VSA_CHILD_VSAD_CONFIG` and exits with its code. Does
+/// nothing in a normal run.
+pub fn child_main() {
+    let Ok(config) = std::env::var("VSA_CHILD_VSAD_CONFIG") else {
+        return;
+    };
+    let code = vsad::main_with(["vsad".into(), "--config".into(), config]);
+    std::process::exit(code);
+}
+
+/// A running vsad (this test binary re-entered through `child_vsad`).
+pub struct Vsad {
+    child: Option<Child>,
+    pub port: u16,
+    log: PathBuf,
+}
+
+impl Vsad {
+    pub fn start(h: &Host, port: u16) -> Vsad {
+        static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let log = h.root.join(format!("vsad-{n}.log"));
+        let out = std::fs::File::create(&log).unwrap();
+        let child = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "child_vsad",
+                "--ignored",
+                "--nocapture",
+                "--test-threads",
+                "1",
+            ])
+            .env("VSA_CHILD_VSAD_CONFIG", &h.config_file)
+            .env("VSA_ROOT", &h.root)
+            .env("VSA_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap();
+        let mut d = Vsad {
+            child: Some(child),
+            port,
+            log,
+        };
+        // Ready: the API answers and the first reconcile is done.
+        d.wait("the first reconcile", Duration::from_secs(20), |d| {
+            d.status().is_some_and(|s| !s["last_reconcile"].is_null())
+        });
+        d
+    }
+
+    pub fn get_json(&self, path: &str) -> Option<serde_json::Value> {
+        std::net::TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        let r = http_get(self.port, "localhost", path, &[]);
+        (r.status == 200).then(|| serde_json::from_str(&r.body).unwrap())
+    }
+
+    pub fn status(&self) -> Option<serde_json::Value> {
+        self.get_json("/api/status")
+    }
+
+    pub fn plan(&self) -> serde_json::Value {
+        self.get_json("/api/plan").expect("a plan")
+    }
+
+    /// Polls `done` every 50 ms; panics with the daemon's log after `limit`.
+    pub fn wait(&mut self, what: &str, limit: Duration, done: impl Fn(&Vsad) -> bool) -> Duration {
+        let start = Instant::now();
+        loop {
+            if done(self) {
+                return start.elapsed();
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("vsad exited ({status}) waiting for {what}:\n{}", self.log());
+            }
+            assert!(
+                start.elapsed() < limit,
+                "no {what} within {limit:?}; vsad's log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// SIGTERM; returns how it ended and how long it took.
+    pub fn terminate(&mut self) -> (ExitStatus, Duration) {
+        let mut child = self.child.take().unwrap();
+        let start = Instant::now();
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return (status, start.elapsed());
+            }
+            if start.elapsed() > Duration::from_secs(20) {
+                let _ = child.kill();
+                panic!("vsad ignored SIGTERM for 20 s:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Vsad {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A bare repository on disk (the remote) and a work tree pushing to it.
+pub struct Remote {
+    pub bare: PathBuf,
+    pub work: PathBuf,
+}
+
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args([
+            "-c",
+            "user.name=tester",
+            "-c",
+            "user.email=tester@vsa.test",
+            "-c",
+            "init.defaultBranch=main",
+        ])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+impl Remote {
+    pub fn new(root: &Path) -> Remote {
+        let bare = root.join("remote.git");
+        let work = root.join("work");
+        std::fs::create_dir_all(&bare).unwrap();
+        git(&bare, &["init", "-q", "--bare"]);
+        std::fs::create_dir_all(work.join("sites")).unwrap();
+        git(&work, &["init", "-q"]);
+        git(&work, &["remote", "add", "origin", bare.to_str().unwrap()]);
+        std::fs::write(
+            work.join("fleet.yaml"),
+            "apiVersion: vsa/v1\nkind: Fleet\nhosts:\n  - id: test-01\n",
+        )
+        .unwrap();
+        Remote { bare, work }
+    }
+
+    pub fn site(&self, domain: &str, up: &Upstream) {
+        self.site_text(
+            domain,
+            &format!(
+                "apiVersion: vsa/v1\nkind: Site\nhost: test-01\ndomain: {domain}\ntls: none\nupstream: {{ url: \"http://127.0.0.1:{}\" }}\n",
+                up.port
+            ),
+        );
+    }
+
+    pub fn site_text(&self, domain: &str, text: &str) {
+        std::fs::write(self.work.join("sites").join(format!("{domain}.yaml")), text).unwrap();
+    }
+
+    /// Commits everything and pushes; returns the commit.
+    pub fn push(&self, message: &str) -> String {
+        git(&self.work, &["add", "-A"]);
+        git(&self.work, &["commit", "-q", "-m", message]);
+        git(&self.work, &["push", "-q", "origin", "HEAD:main"]);
+        git(&self.work, &["rev-parse", "HEAD"])
+    }
+
+    pub fn url(&self) -> String {
+        format!("file://{}", self.bare.display())
+    }
+}
