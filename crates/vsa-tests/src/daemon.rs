@@ -29,6 +29,11 @@ pub struct Vsad {
 
 impl Vsad {
     pub fn start(h: &Host, port: u16) -> Vsad {
+        Vsad::start_with_env(h, port, &[])
+    }
+
+    /// Starts vsad with extra environment variables.
+    pub fn start_with_env(h: &Host, port: u16, envs: &[(&str, &str)]) -> Vsad {
         static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let log = h.root.join(format!("vsad-{n}.log"));
@@ -45,6 +50,7 @@ impl Vsad {
             .env("VSA_CHILD_VSAD_CONFIG", &h.config_file)
             .env("VSA_ROOT", &h.root)
             .env("VSA_LOG", "info")
+            .envs(envs.iter().copied())
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
             .stderr(out)

@@ -349,3 +349,74 @@ fn a_restart_changes_nothing_and_sigterm_mid_reconcile_leaves_whole_files() {
     });
     assert_eq!(d.status().unwrap()["in_sync"], true);
 }
+
+#[test]
+fn systemd_hears_ready_watchdog_and_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    let Some(bin) = nginx() else { return };
+    let mut h = Host::new(bin);
+    h.start();
+    let port = free_port();
+    h.configure(&format!(
+        "repo:\n  path: repo\ndashboard:\n  listen: 127.0.0.1:{port}\n"
+    ));
+    let socket_path = h.root.join("notify.sock");
+    let sock = UnixDatagram::bind(&socket_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut d = Vsad::start_with_env(
+        &h,
+        port,
+        &[
+            ("NOTIFY_SOCKET", socket_path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "400000"),
+        ],
+    );
+    let mut heard = Vec::new();
+    let mut buf = [0u8; 256];
+    while !(heard.iter().any(|m: &String| m == "READY=1")
+        && heard.iter().filter(|m| *m == "WATCHDOG=1").count() >= 2)
+    {
+        let n = sock.recv(&mut buf).expect("a notification within 10 s");
+        heard.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    let (status, _) = d.terminate();
+    assert!(status.success());
+    let mut last = String::new();
+    sock.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    while let Ok(n) = sock.recv(&mut buf) {
+        last = String::from_utf8_lossy(&buf[..n]).into_owned();
+    }
+    assert_eq!(last, "STOPPING=1", "{heard:?}");
+}
+
+#[test]
+fn the_systemd_unit_verifies() {
+    let Some(analyze) = require("systemd-analyze", "to check the systemd unit") else {
+        return;
+    };
+    let unit = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/systemd/vsad.service"),
+    )
+    .unwrap();
+    assert!(unit.contains("Type=notify") && unit.contains("WatchdogSec="));
+    // The binary is not installed here: verify everything else.
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("vsad.service");
+    std::fs::write(
+        &copy,
+        unit.replace(
+            "ExecStart=/usr/local/bin/vsad",
+            &format!("ExecStart={}", std::env::current_exe().unwrap().display()),
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(analyze)
+        .arg("verify")
+        .arg(&copy)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && stderr.trim().is_empty(), "{stderr}");
+}
