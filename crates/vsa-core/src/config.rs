@@ -36,6 +36,10 @@ pub struct RepoConfig {
     pub branch: String,
     pub poll_ms: u64,
     pub webhook_secret_file: Option<PathBuf>,
+    /// HTTPS remotes: a file holding the access token (extension).
+    pub token_file: Option<PathBuf>,
+    /// SSH remotes: a private key file without passphrase (extension).
+    pub ssh_key_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -151,6 +155,8 @@ struct RawRepo {
     branch: Option<String>,
     poll: Option<String>,
     webhook_secret_file: Option<String>,
+    token_file: Option<String>,
+    ssh_key_file: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -414,6 +420,8 @@ impl Config {
                 branch: raw.repo.branch.clone().unwrap_or_else(|| "main".into()),
                 poll_ms,
                 webhook_secret_file: opt_path(&raw.repo.webhook_secret_file),
+                token_file: opt_path(&raw.repo.token_file),
+                ssh_key_file: opt_path(&raw.repo.ssh_key_file),
             },
             nginx: NginxConfig {
                 test,

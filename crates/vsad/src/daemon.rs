@@ -84,8 +84,8 @@ impl Daemon {
         let remote = config.repo.url.as_ref().map(|url| Remote {
             url: url.clone(),
             branch: config.repo.branch.clone(),
-            token_file: None,
-            ssh_key_file: None,
+            token_file: config.repo.token_file.clone(),
+            ssh_key_file: config.repo.ssh_key_file.clone(),
         });
         let renderer = Arc::new(
             Renderer::new(RenderSettings::from(&*config)).with_threads(pipeline::threads()),
