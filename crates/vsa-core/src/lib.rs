@@ -17,6 +17,8 @@ pub mod schema;
 pub mod span;
 pub mod validate;
 
+mod unknown_fields;
+
 pub use load::SourceFile;
 pub use model::Model;
 pub use plan::{Observed, Plan, plan};

@@ -13,6 +13,7 @@ use serde::de::DeserializeOwned;
 use crate::manifest::{API_VERSION, FleetSpec, Header, Kind, Located, SiteSpec, StackSpec};
 use crate::problem::Problem;
 use crate::span::Pos;
+use crate::unknown_fields::UnknownFields;
 
 /// Manifests larger than this are refused unread: a site is a few hundred bytes.
 pub const MAX_FILE_BYTES: usize = 1 << 20;
@@ -302,123 +303,33 @@ fn push<T: DeserializeOwned + Shift>(
     problems: &mut Vec<Problem>,
 ) {
     // serde stops at the first unknown field; to report every problem, the
-    // offending entry is blanked out (keeping line numbers) and the
-    // document parsed again, a bounded number of times.
-    let mut text = Cow::Borrowed(chunk.text);
-    for _ in 0..MAX_RETRIES {
-        match serde_saphyr::from_str_with_options::<T>(&text, options()) {
-            Ok(mut spec) => {
-                spec.shift(chunk.line_offset);
-                out.push(Located {
-                    file: path.to_owned(),
-                    pos,
-                    spec,
-                });
-                return;
-            }
-            Err(e) => {
-                let problem = yaml_problem(path, chunk, &e);
-                let unknown = problem.message.starts_with("unknown field");
-                problems.push(problem);
-                let blanked = e
-                    .location()
-                    .filter(|_| unknown)
-                    .and_then(|l| blank_entry(&text, l.line() as usize, l.column() as usize));
-                match blanked {
-                    // The document stays unusable, but parsing on finds its other problems.
-                    Some(t) => text = Cow::Owned(t),
-                    None => return,
-                }
-            }
+    // parse records unknown fields, skips their values and goes on.
+    let unknown = UnknownFields::new(MAX_UNKNOWN_FIELDS);
+    let parsed =
+        serde_saphyr::with_deserializer_from_str_with_options(chunk.text, options(), |de| {
+            T::deserialize(unknown.wrap(de))
+        });
+    let unknown = unknown.into_errors();
+    for e in &unknown {
+        problems.push(yaml_problem(path, chunk, e));
+    }
+    match parsed {
+        // With unknown fields the document is unusable, but validating the
+        // rest of it still finds its other problems.
+        Ok(mut spec) => {
+            spec.shift(chunk.line_offset);
+            out.push(Located {
+                file: path.to_owned(),
+                pos,
+                spec,
+            });
         }
+        Err(e) => problems.push(yaml_problem(path, chunk, &e)),
     }
 }
 
-const MAX_RETRIES: usize = 20;
-
-/// Blanks the block-style mapping entry whose key starts at `line:col`
-/// (1-based): the key and its whole value, keeping line numbers. `None` when
-/// the key is not the first thing on its line (flow style).
-///
-/// The value is every following line indented deeper than the key and, when
-/// the key line opens a block, a compact sequence (`- item` lines) at the
-/// key's own indent. A key that starts a sequence item (`- key: v`) keeps
-/// its dash, so the item's other keys still form one mapping.
-fn blank_entry(text: &str, line: usize, col: usize) -> Option<String> {
-    let lines: Vec<&str> = text.split_inclusive('\n').collect();
-    let first = line.checked_sub(1)?;
-    let key_line = *lines.get(first)?;
-    let key = key_line.trim_start_matches([' ', '-']);
-    let indent = key_line.len() - key.len();
-    if col == 0 || indent != col - 1 {
-        return None;
-    }
-    let compact = opens_block(key);
-    // One past the value's last line; blank lines and comments neither end
-    // the value nor extend it.
-    let mut end = first + 1;
-    for (i, l) in lines.iter().enumerate().skip(first + 1) {
-        let (this_indent, content) = split_indent(l);
-        if is_blank_or_comment(content) {
-            continue;
-        }
-        if this_indent > indent || (compact && this_indent == indent && is_item(content)) {
-            end = i + 1;
-        } else {
-            break;
-        }
-    }
-    let dash = &key_line[..indent];
-    let mut out = String::with_capacity(text.len());
-    for (i, l) in lines.iter().enumerate() {
-        if i < first || i >= end {
-            out.push_str(l);
-            continue;
-        }
-        if i == first && dash.contains('-') {
-            // A bare `-` followed by the item's deeper-indented keys is
-            // still that mapping; with no other key, `{}` keeps the item a
-            // mapping rather than a null.
-            let sibling = lines[end..]
-                .iter()
-                .map(|l| split_indent(l))
-                .find(|(_, c)| !is_blank_or_comment(c))
-                .is_some_and(|(n, _)| n == indent);
-            out.push_str(dash.trim_end());
-            if !sibling {
-                out.push_str(" {}");
-            }
-        }
-        out.push('\n');
-    }
-    Some(out)
-}
-
-/// A line's count of leading spaces and the rest.
-fn split_indent(line: &str) -> (usize, &str) {
-    let content = line.trim_start_matches(' ');
-    (line.len() - content.len(), content)
-}
-
-/// A block sequence entry: `-` followed by a blank or the line's end.
-fn is_item(content: &str) -> bool {
-    content
-        .strip_prefix('-')
-        .is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', '\t', '\n', '\r']))
-}
-
-/// Whether a `key:` line leaves its value to the following lines: nothing
-/// after the colon but a comment, an anchor or a tag.
-fn opens_block(entry: &str) -> bool {
-    let l = entry.split(" #").next().unwrap_or(entry).trim_end();
-    if l.ends_with(':') {
-        return true;
-    }
-    l.rsplit_once(": ").is_some_and(|(_, v)| {
-        v.split_whitespace()
-            .all(|t| t.starts_with('&') || t.starts_with('!'))
-    })
-}
+/// Unknown fields reported per document; the parse stops at the last one.
+const MAX_UNKNOWN_FIELDS: usize = 20;
 
 fn shift(pos: Pos, chunk: &Chunk<'_>) -> Pos {
     if pos == Pos::UNKNOWN {
@@ -661,32 +572,6 @@ mod tests {
                     line_offset: 4
                 },
             ]
-        );
-    }
-
-    #[test]
-    fn blanking_takes_a_compact_sequence_only_under_an_opening_key() {
-        let text = "a: 1\nbogus: &x # why\n- p\n\n- q:\n    r: 1\nb: 2\n";
-        assert_eq!(
-            blank_entry(text, 2, 1).as_deref(),
-            Some("a: 1\n\n\n\n\n\nb: 2\n")
-        );
-        // `bogus: x` then `- p` is broken YAML; leave it for the parser to say.
-        let text = "bogus: x\n- p\n";
-        assert_eq!(blank_entry(text, 1, 1).as_deref(), Some("\n- p\n"));
-    }
-
-    #[test]
-    fn blanking_a_first_key_keeps_the_item_and_its_other_keys() {
-        let text = "users:\n  - pass: x\n    name: a\n  - name: b\n";
-        assert_eq!(
-            blank_entry(text, 2, 5).as_deref(),
-            Some("users:\n  -\n    name: a\n  - name: b\n")
-        );
-        let text = "users:\n  - pass:\n      - x\n  - name: b\n";
-        assert_eq!(
-            blank_entry(text, 2, 5).as_deref(),
-            Some("users:\n  - {}\n\n  - name: b\n")
         );
     }
 

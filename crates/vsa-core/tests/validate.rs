@@ -1873,7 +1873,8 @@ fn laughs(levels: usize) -> String {
 fn a_billion_laughs_is_refused() {
     // Without a header the loader reads the whole document to find `kind`.
     assert_refused(&laughs(10), "budget");
-    // With a header the document is refused for its fields; nothing expands.
+    // With a header the document is refused for its fields; their values
+    // still parse, so the bomb in them is refused by the budget too.
     assert_refused(
         &format!("apiVersion: vsa/v1\nkind: Site\n{}", laughs(10)),
         "unknown field `l0`",
@@ -1983,6 +1984,133 @@ fn an_unknown_key_with_a_compact_sequence_does_not_hide_later_problems() {
             "sites/a.yaml:9:11: max_body `1x`",
         ],
     );
+}
+
+#[test]
+fn an_anchor_defined_in_an_unknown_field_still_serves_its_aliases() {
+    let rows: &[(&str, &str)] = &[
+        // A scalar.
+        (
+            "host: vps-01\nbogus: &d a.example.com\ndomain: *d\nupstream: { url: \"http://127.0.0.1:8080\" }\n",
+            "sites/a.yaml:4:1: unknown field `bogus`",
+        ),
+        // A flow mapping, merged with `<<`.
+        (
+            "bogus: &m { url: \"http://127.0.0.1:8080\" }\ndomain: a.example.com\nhost: vps-01\nupstream: { <<: *m }\n",
+            "sites/a.yaml:3:1: unknown field `bogus`",
+        ),
+        // A block mapping, used whole.
+        (
+            "bogus: &m\n  url: http://127.0.0.1:8080\ndomain: a.example.com\nhost: vps-01\nupstream: *m\n",
+            "sites/a.yaml:3:1: unknown field `bogus`",
+        ),
+        // A sequence, and an anchor nested inside the unknown value.
+        (
+            "bogus: &s [b.example.com, &d a.example.com]\naliases: *s\ndomain: *d\nhost: vps-01\nupstream: { url: \"http://127.0.0.1:8080\" }\n",
+            "sites/a.yaml:3:1: unknown field `bogus`",
+        ),
+    ];
+    for (body, want) in rows {
+        check(&[FLEET, ("sites/a.yaml", &site(body))], &[want]);
+    }
+}
+
+#[test]
+fn an_anchor_defined_in_an_unknown_key_of_a_list_item_still_serves_its_aliases() {
+    check(
+        &[
+            FLEET,
+            (
+                "sites/a.yaml",
+                &site_plus(&format!(
+                    "auth:\n  users:\n    - pass: &p admin\n      name: *p\n      bcrypt: \"{HASH}\"\n    - name: *p\n      bcrypt: \"{HASH}\"\n"
+                )),
+            ),
+        ],
+        &[
+            "sites/a.yaml:8:7: unknown field `pass`, expected one of name, bcrypt",
+            "sites/a.yaml:11:13: auth user `admin` is listed twice (first at line 9)",
+        ],
+    );
+}
+
+#[test]
+fn what_an_unknown_field_defines_is_checked_where_it_is_used() {
+    // The value reaches `domain` and `aliases`; their problems are real
+    // and are reported at the alias, where the field is.
+    check(
+        &[
+            FLEET,
+            (
+                "sites/a.yaml",
+                &site(
+                    "bogus: &s [b.example.com, &d bad_name]\naliases: *s\ndomain: *d\nhost: vps-01\nupstream: { url: \"http://127.0.0.1:8080\" }\n",
+                ),
+            ),
+        ],
+        &[
+            "sites/a.yaml:3:1: unknown field `bogus`",
+            "sites/a.yaml:4:10: alias `bad_name` must have at least two labels",
+            "sites/a.yaml:5:9: domain `bad_name` must have at least two labels",
+        ],
+    );
+    // An alias inside the unknown value that nothing defines is broken
+    // YAML, whatever the field.
+    check(
+        &[FLEET, ("sites/a.yaml", &site_plus("bogus: [*nowhere]\n"))],
+        &[
+            "sites/a.yaml:6:1: unknown field `bogus`",
+            "sites/a.yaml:6:9: alias references unknown anchor",
+        ],
+    );
+}
+
+#[test]
+fn an_unknown_key_in_a_flow_mapping_does_not_hide_later_problems() {
+    check(
+        &[
+            FLEET,
+            (
+                "sites/a.yaml",
+                &site(
+                    "domain: a.example.com\nhost: vps-01\nupstream: { url: \"http://127.0.0.1:3000\", bogus: 1, other: 2 }\ntls: nope\n",
+                ),
+            ),
+        ],
+        &[
+            "sites/a.yaml:5:43: unknown field `bogus`",
+            "sites/a.yaml:5:53: unknown field `other`",
+            "sites/a.yaml:6:6: tls `nope` is not one of: acme, none",
+        ],
+    );
+}
+
+#[test]
+fn an_unknown_key_replayed_by_aliases_is_reported_once() {
+    check(
+        &[
+            FLEET,
+            (
+                "stacks/s.yaml",
+                &stack(
+                    "shop",
+                    "vps-01",
+                    "  web:\n    image: nginx\n    healthcheck: &h\n      test: [CMD, ls]\n      bogus: 1\n  api:\n    image: nginx\n    healthcheck: *h\n",
+                ),
+            ),
+        ],
+        &["stacks/s.yaml:10:7: unknown field `bogus`, expected one of test"],
+    );
+}
+
+#[test]
+fn unknown_fields_are_reported_up_to_twenty_per_document() {
+    let keys: String = (0..25).map(|i| format!("k{i}: {i}\n")).collect();
+    let rows: Vec<String> = (0..20)
+        .map(|i| format!("sites/a.yaml:{}:1: unknown field `k{i}`", i + 6))
+        .collect();
+    let rows: Vec<&str> = rows.iter().map(String::as_str).collect();
+    check(&[FLEET, ("sites/a.yaml", &site_plus(&keys))], &rows);
 }
 
 #[test]
