@@ -5,6 +5,7 @@
 //! observe the host, then hand the results in. That keeps `plan` a function
 //! of its inputs, testable without a host, and the same for every caller.
 
+pub mod certs;
 pub mod config;
 pub mod load;
 pub mod manifest;

@@ -197,12 +197,31 @@ fn drift_is_repaired_in_apply_mode_and_the_working_copy_is_followed() {
     let mut h = Host::new(bin);
     h.start();
     h.url_site("a.vsa.test", &up);
+    // A certificate on disk shows in /api/certs and as an expiry metric.
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params = rcgen::CertificateParams::new(vec!["a.vsa.test".to_owned()]).unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    let live = h.path("etc/letsencrypt/live/a.vsa.test");
+    std::fs::create_dir_all(&live).unwrap();
+    std::fs::write(live.join("fullchain.pem"), cert.pem()).unwrap();
+    std::fs::write(live.join("privkey.pem"), key.serialize_pem()).unwrap();
     let port = free_port();
     h.configure(&format!(
         "repo:\n  path: repo\ndashboard:\n  listen: 127.0.0.1:{port}\n"
     ));
     let mut d = Vsad::start(&h, port);
     assert!(served_soon(&h, "a.vsa.test"));
+    let certs = d.get_json("/api/certs").unwrap();
+    assert_eq!(certs[0]["domain"], "a.vsa.test");
+    assert_eq!(certs[0]["key_matches"], true);
+    let metrics = http_get(port, "localhost", "/metrics", &[]).body;
+    assert!(
+        metrics.contains(&format!(
+            "vsa_cert_expiry_timestamp_seconds{{domain=\"a.vsa.test\"}} {}",
+            certs[0]["not_after"]
+        )),
+        "{metrics}"
+    );
 
     // A hand edit of a managed vhost: put back within seconds.
     let vhost = h.path("etc/nginx/conf.d/a.vsa.test.conf");

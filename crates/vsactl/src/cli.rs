@@ -120,6 +120,18 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t)]
         format: Format,
     },
+    /// Show the certificates on this host: expiry, days left, status, issuer
+    ///
+    /// Reads paths.letsencrypt in certbot's layout (live/<domain>/fullchain.pem
+    /// and privkey.pem). Status: valid, warning (≤ 30 days left), critical
+    /// (≤ 14 days), expired. Notes a private key that does not match its
+    /// certificate, a certificate that does not cover its site's names, and
+    /// `tls: acme` sites with no certificate yet.
+    Certs {
+        /// Output format (text or json)
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
     /// Show the audit trail, or verify its hash chain
     ///
     /// Exit status: 0, or 1 with --verify when a line was edited, removed or reordered.

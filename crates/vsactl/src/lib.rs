@@ -3,6 +3,7 @@
 //! A library so that tests and benchmarks drive exactly what the binary
 //! runs; `main.rs` only parses arguments and exits with [`run`]'s code.
 
+pub mod certs;
 pub mod cli;
 pub mod context;
 pub mod converge;
@@ -39,6 +40,7 @@ pub fn run(cli: Cli, env: &Env) -> ExitCode {
             lock_timeout,
         } => converge::apply(&cli.global, env, *format, *dry_run, *yes, *lock_timeout),
         Command::Status { format } => converge::status(&cli.global, env, *format),
+        Command::Certs { format } => certs::certs(&cli.global, env, *format),
         Command::Audit {
             since,
             verify,

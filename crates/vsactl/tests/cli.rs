@@ -593,3 +593,69 @@ fn configuration_comes_from_flag_then_env_then_root_default() {
     assert_eq!(code(&o), 2);
     assert!(stderr(&o).contains("nope.yaml"));
 }
+
+#[test]
+fn certs_lists_status_days_issuer_and_sites_without_one() {
+    let sb = Sandbox::new();
+    sb.site(
+        "tls.example.com",
+        "upstream: { url: \"http://127.0.0.1:3002\" }\ntls: acme\naliases: [www.tls.example.com]\n",
+    );
+    // A certificate for shop (tls: acme by default) that misses its alias,
+    // with 20 days left; none for tls.example.com.
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["shop.example.com".to_owned()]).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "shop.example.com");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    params.not_after = rcgen::date_time_ymd(1970, 1, 1)
+        + std::time::Duration::from_secs((now + 20 * 86_400 + 3600) as u64);
+    params.not_before = rcgen::date_time_ymd(2026, 1, 1);
+    let cert = params.self_signed(&key).unwrap();
+    let live = sb.root.join("etc/letsencrypt/live/shop.example.com");
+    std::fs::create_dir_all(&live).unwrap();
+    std::fs::write(live.join("fullchain.pem"), cert.pem()).unwrap();
+    std::fs::write(live.join("privkey.pem"), key.serialize_pem()).unwrap();
+
+    let out = sb.vsactl(&["certs", "--format", "json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let c = &v["certs"][0];
+    assert_eq!(c["domain"], "shop.example.com");
+    assert_eq!(c["status"], "warning");
+    assert_eq!(c["days_left"], 20);
+    assert_eq!(c["key_matches"], true);
+    assert_eq!(
+        c["sites"][0]["covered"], false,
+        "www.shop.example.com is missing"
+    );
+    assert!(
+        v["missing"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d == "tls.example.com")
+    );
+
+    let out = sb.vsactl(&["certs"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("DOMAIN") && text.contains("ISSUER"), "{text}");
+    let row = text
+        .lines()
+        .find(|l| l.starts_with("shop.example.com"))
+        .unwrap();
+    assert!(row.contains("warning") && row.contains(" 20 "), "{row}");
+    assert!(row.contains("does not cover all names"), "{row}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("tls.example.com") && l.contains("missing"))
+    );
+}

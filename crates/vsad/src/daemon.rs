@@ -369,11 +369,11 @@ impl Daemon {
             let (model, commit) = (model.clone(), commit.clone());
             tokio::task::spawn_blocking(move || -> Result<Plan> {
                 let observed = vsa_live::observe(&config.paths)?;
-                let renderer_plan = vsa_core::plan(&model, &host, &observed, &renderer, commit)?;
-                Ok(renderer_plan)
+                Ok(vsa_core::plan(&model, &host, &observed, &renderer, commit)?)
             })
             .await??
         };
+        self.observe_certs().await;
         if plan.changes.is_empty() {
             self.reported_drift = None;
             self.apply_error = None;
@@ -482,6 +482,25 @@ impl Daemon {
             );
         }
         Ok(report.remaining.unwrap_or(plan))
+    }
+
+    /// Reads the certificates on disk for `/api/certs` and the expiry metric.
+    async fn observe_certs(&self) {
+        let dir = self.config.paths.letsencrypt.clone();
+        let now = vsa_store::time::now_millis() / 1000;
+        match tokio::task::spawn_blocking(move || vsa_live::certs::observe(&dir, now)).await {
+            Ok(Ok(certs)) => {
+                let mut v = self.shared.view();
+                v.metrics.cert_expiry = certs
+                    .iter()
+                    .filter(|c| c.error.is_none())
+                    .map(|c| (c.domain.clone(), c.not_after))
+                    .collect();
+                v.certs = certs;
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot read the certificates"),
+            Err(e) => tracing::error!(error = %e, "reading the certificates panicked"),
+        }
     }
 
     /// Runs until `shutdown` resolves.

@@ -1,5 +1,5 @@
 //! The daemon's HTTP side on `dashboard.listen` (DESIGN §7): `/healthz`,
-//! `/api/status`, `/api/plan`, `/metrics`, and the signed push webhook
+//! `/api/status`, `/api/plan`, `/api/certs`, `/metrics`, and the signed push webhook
 //! `POST /hooks/git`. Read-only: the webhook only asks for a fetch.
 
 use std::sync::{Arc, Mutex};
@@ -31,6 +31,8 @@ pub struct View {
     /// A commit refused by validation, and its problems.
     pub refused: Option<Refused>,
     pub plan: Option<Plan>,
+    /// The certificates on disk, as of the last reconcile.
+    pub certs: Vec<vsa_core::certs::CertInfo>,
     pub metrics: Metrics,
 }
 
@@ -62,6 +64,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/api/status", get(status))
         .route("/api/plan", get(plan))
+        .route("/api/certs", get(certs))
         .route("/metrics", get(metrics))
         .route("/hooks/git", post(hook))
         .with_state(shared)
@@ -139,6 +142,13 @@ async fn plan(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response {
         )
             .into_response(),
     }
+}
+
+async fn certs(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    if !authorized(&s, &headers) {
+        return unauthorized();
+    }
+    axum::Json(&s.view().certs).into_response()
 }
 
 async fn metrics(State(s): State<Arc<Shared>>) -> Response {
