@@ -46,11 +46,17 @@ fn main() {
 
     for (label, poll) in [("60 s poll", "60s"), ("1 s poll", "1s")] {
         let (rss, hwm, cpu) = idle(&bin, &up, 1000, poll, idle_secs);
+        let per_minute = cpu * 60.0 / idle_secs as f64 * 1000.0;
+        // /proc counts CPU time in 10 ms ticks.
+        let cpu = if per_minute == 0.0 {
+            format!("< {:.0} ms", 10.0 * 60.0 / idle_secs as f64)
+        } else {
+            format!("{per_minute:.0} ms")
+        };
         println!(
-            "vsad idle, 1,000 sites, {label}: VmRSS {:.1} MiB (peak {:.1} MiB), CPU {:.0} ms per idle minute",
+            "vsad idle, 1,000 sites, {label}: VmRSS {:.1} MiB (peak {:.1} MiB), CPU {cpu} per idle minute",
             rss as f64 / 1024.0,
             hwm as f64 / 1024.0,
-            cpu * 60.0 / idle_secs as f64
         );
     }
 }
