@@ -14,6 +14,8 @@ command -v dockerd >/dev/null 2>&1 || need+=(docker.io)
 [ -x /bin/busybox ] && file -L /bin/busybox 2>/dev/null | grep -q static || need+=(busybox-static)
 command -v file >/dev/null 2>&1 || need+=(file)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+command -v pebble >/dev/null 2>&1 || need+=(pebble)
+command -v curl >/dev/null 2>&1 || need+=(curl)
 if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
         echo "test.sh: installing ${need[*]}" >&2

@@ -74,6 +74,24 @@ pub struct CertInfo {
 }
 
 impl CertInfo {
+    /// The certificate a converged host holds for `domain` and `names`,
+    /// fresh at time 0: for planning without a host (pull-request review).
+    pub fn steady(domain: &str, names: Vec<String>) -> CertInfo {
+        CertInfo {
+            domain: domain.to_owned(),
+            subject: format!("CN={domain}"),
+            sans: names,
+            issuer: String::new(),
+            serial: String::new(),
+            not_before: 0,
+            not_after: 90 * 86_400,
+            days_left: 90,
+            status: CertStatus::Valid,
+            key_matches: Some(true),
+            error: None,
+        }
+    }
+
     /// Whether the certificate names `name` (exactly, or by a `*.` wildcard
     /// one label deep).
     pub fn covers(&self, name: &str) -> bool {

@@ -31,6 +31,13 @@ pub struct Observed {
     pub certs: BTreeSet<String>,
     /// Domains whose access log file exists.
     pub access_logs: BTreeSet<String>,
+    /// Certificates read off `live/`, by directory name.
+    pub cert_info: BTreeMap<String, crate::certs::CertInfo>,
+    /// Domains whose certificate vsa issued (from the state store): only
+    /// those are ever planned for deletion.
+    pub vsa_certs: BTreeSet<String>,
+    /// When the host was observed, in seconds since the Unix epoch.
+    pub now: i64,
 }
 
 /// The kinds of resources of DESIGN §5 (contract).
@@ -258,6 +265,13 @@ pub fn plan(
         htpasswd_diff,
     );
 
+    cert_changes(
+        &mut p,
+        &sites,
+        observed,
+        renderer.settings().renew_before_days,
+    );
+
     for site in &sites {
         if !observed.access_logs.contains(&site.domain) {
             p.changes.push(Change {
@@ -272,6 +286,67 @@ pub fn plan(
         }
     }
     Ok(p.finish())
+}
+
+/// `tls: acme` sites without a usable certificate for all their names, or
+/// inside the renewal window; certificates vsa issued for sites no longer
+/// here. Certificates issued by someone else (certbot) are adopted as they
+/// are while they are valid and cover the site.
+fn cert_changes(p: &mut Plan, sites: &[&Site], observed: &Observed, renew_before_days: u32) {
+    let change = |name: &str, action, reason: String| Change {
+        kind: ResourceKind::Cert,
+        name: name.to_owned(),
+        action,
+        reason,
+        diff: None,
+        file: Some(format!("live/{name}")),
+        content: None,
+    };
+    for site in sites.iter().filter(|s| s.tls == crate::model::Tls::Acme) {
+        let Some(c) = observed.cert_info.get(&site.domain) else {
+            p.changes
+                .push(change(&site.domain, Action::Create, "missing".into()));
+            continue;
+        };
+        let uncovered: Vec<&str> = std::iter::once(&site.domain)
+            .chain(&site.aliases)
+            .filter(|n| !c.covers(n))
+            .map(String::as_str)
+            .collect();
+        let reason = if let Some(e) = &c.error {
+            Some(format!("unreadable: {e}"))
+        } else if c.key_matches != Some(true) {
+            Some("privkey.pem does not match the certificate".into())
+        } else if c.status == crate::certs::CertStatus::Expired {
+            Some("expired".into())
+        } else if !uncovered.is_empty() {
+            Some(format!("does not cover {}", uncovered.join(", ")))
+        } else if renew_due(c, observed.now, renew_before_days) {
+            Some(format!("renew: {} day(s) left", c.days_left))
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            p.changes.push(change(&site.domain, Action::Update, reason));
+        }
+    }
+    for domain in &observed.vsa_certs {
+        let wanted = sites
+            .iter()
+            .any(|s| s.domain == *domain && s.tls == crate::model::Tls::Acme);
+        if !wanted && observed.cert_info.contains_key(domain) {
+            p.changes
+                .push(change(domain, Action::Delete, "not desired".into()));
+        }
+    }
+}
+
+/// Inside the renewal window: `renew_before_days` or less left, or a third
+/// of the lifetime or less (whichever comes first).
+pub fn renew_due(c: &crate::certs::CertInfo, now: i64, renew_before_days: u32) -> bool {
+    let left = c.not_after - now;
+    let lifetime = (c.not_after - c.not_before).max(0);
+    left <= i64::from(renew_before_days) * 86_400 || left * 3 <= lifetime
 }
 
 /// Renders every site's vhost, on the renderer's threads when there are many.

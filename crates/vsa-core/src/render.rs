@@ -47,6 +47,8 @@ pub struct RenderSettings {
     pub letsencrypt_dir: PathBuf,
     pub webroot: PathBuf,
     pub access_logs_dir: PathBuf,
+    /// Renew a certificate with this many days left (`acme.renew_before_days`).
+    pub renew_before_days: u32,
 }
 
 impl From<&Config> for RenderSettings {
@@ -60,6 +62,7 @@ impl From<&Config> for RenderSettings {
             letsencrypt_dir: c.nginx.paths.letsencrypt.clone(),
             webroot: c.nginx.paths.webroot.clone(),
             access_logs_dir: c.nginx.paths.access_logs.clone(),
+            renew_before_days: c.acme.renew_before_days,
         }
     }
 }

@@ -100,16 +100,29 @@ fn htpasswd_and_http_context() {
 }
 
 fn observed_from(plan: &vsa_core::Plan, certs: &[&str]) -> Observed {
-    let mut o = Observed {
-        certs: certs.iter().map(|s| s.to_string()).collect(),
-        ..Observed::default()
-    };
-    apply_to(&mut o, plan);
+    let mut o = Observed::default();
+    for c in certs {
+        add_cert(&mut o, c, &[]);
+    }
+    apply_to(&mut o, plan, None);
     o
 }
 
-/// What a correct `apply` does to the observed state, in memory.
-fn apply_to(o: &mut Observed, plan: &vsa_core::Plan) {
+/// A valid certificate for `domain` and `aliases` on disk (observed at 0).
+fn add_cert(o: &mut Observed, domain: &str, aliases: &[String]) {
+    o.certs.insert(domain.to_owned());
+    let names = std::iter::once(domain.to_owned())
+        .chain(aliases.iter().cloned())
+        .collect();
+    o.cert_info.insert(
+        domain.to_owned(),
+        vsa_core::certs::CertInfo::steady(domain, names),
+    );
+}
+
+/// What a correct `apply` pass does to the observed state, in memory
+/// (certificates issued for the site's names when `model` is given).
+fn apply_to(o: &mut Observed, plan: &vsa_core::Plan, model: Option<&Model>) {
     for c in &plan.changes {
         let file = c.file.clone().unwrap();
         let map = match c.kind {
@@ -117,6 +130,21 @@ fn apply_to(o: &mut Observed, plan: &vsa_core::Plan) {
             ResourceKind::Htpasswd => &mut o.htpasswd,
             ResourceKind::AccessLog => {
                 o.access_logs.insert(c.name.clone());
+                continue;
+            }
+            ResourceKind::Cert if c.action == vsa_core::plan::Action::Delete => {
+                o.certs.remove(&c.name);
+                o.cert_info.remove(&c.name);
+                o.vsa_certs.remove(&c.name);
+                continue;
+            }
+            ResourceKind::Cert => {
+                let aliases = model
+                    .and_then(|m| m.sites.iter().find(|s| s.domain == c.name))
+                    .map(|s| s.aliases.clone())
+                    .unwrap_or_default();
+                add_cert(o, &c.name, &aliases);
+                o.vsa_certs.insert(c.name.clone());
                 continue;
             }
             k => panic!("{k:?}"),
@@ -154,7 +182,7 @@ fn plan_snapshots() {
     check_plan("plan_empty_host", &[shop, &admin], &Observed::default());
 
     // Converged, then: a hand edit, a password change, an unmanaged file,
-    // a certificate that appeared, and a removed site.
+    // a certificate that appeared, one that went, and a removed site.
     let m = model(&[shop, &admin]);
     let first = vsa_core::plan(&m, "vps-01", &Observed::default(), &renderer(), None).unwrap();
     let mut o = observed_from(&first, &[]);
@@ -176,7 +204,14 @@ fn plan_snapshots() {
             managed: true,
         },
     );
-    o.certs.insert("shop.example.com".into());
+    // The first pass issued both certificates; admin's is gone again, a
+    // certificate vsa issued for a removed site is still there, and one
+    // certbot issued (not vsa) is left alone.
+    o.certs.remove("admin.example.com");
+    o.cert_info.remove("admin.example.com");
+    add_cert(&mut o, "gone.example.com", &[]);
+    o.vsa_certs.insert("gone.example.com".into());
+    add_cert(&mut o, "certbot.example.com", &[]);
     let admin2 = admin.replace(HASH_A, HASH_B);
     check_plan("plan_drift", &[shop, &admin2], &o);
 }
@@ -263,11 +298,19 @@ proptest! {
             .filter(|(i, _)| cert_mask & (1 << (i % 16)) != 0)
             .map(|(_, s)| s.domain.clone())
             .collect();
-        let mut o = Observed { certs: certs.into_iter().collect(), ..Observed::default() };
+        let mut o = Observed::default();
+        for d in &certs {
+            let aliases = m.sites.iter().find(|s| &s.domain == d).unwrap().aliases.clone();
+            add_cert(&mut o, d, &aliases);
+        }
         let r = renderer();
-        let first = vsa_core::plan(&m, "vps-01", &o, &r, None).unwrap();
-        apply_to(&mut o, &first);
-        let second = vsa_core::plan(&m, "vps-01", &o, &r, None).unwrap();
-        prop_assert!(second.in_sync(), "{:#?}", second.changes);
+        // Two passes at most: files and certificates, then the HTTPS vhosts
+        // the new certificates allow.
+        for _ in 0..2 {
+            let p = vsa_core::plan(&m, "vps-01", &o, &r, None).unwrap();
+            apply_to(&mut o, &p, Some(&m));
+        }
+        let last = vsa_core::plan(&m, "vps-01", &o, &r, None).unwrap();
+        prop_assert!(last.in_sync(), "{:#?}", last.changes);
     }
 }

@@ -9,10 +9,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
+use std::time::Duration;
 
 use vsa_core::config::{Config, Paths};
 use vsa_core::plan::{Action, Change, Observed, ResourceKind};
 use vsa_core::{Model, Plan, Renderer};
+use vsa_live::acme::AcmeClient;
 use vsa_live::files::{self, FileMode};
 use vsa_live::nginx::{NginxControl, NginxError, error_location, first_error};
 use vsa_store::{AuditLog, NewEvent, Outcome, ResourceStatus, Store};
@@ -85,6 +87,12 @@ pub struct ApplyReport {
     pub reloads: usize,
     /// The plan after the last pass; empty when the host converged.
     pub remaining: Option<Plan>,
+    /// A renewed certificate is on disk that nginx has not loaded yet.
+    pub reload_owed: bool,
+    /// Certificates issued (or renewed) from the CA in this apply.
+    pub issued: usize,
+    /// Sites whose certificate step ran in this apply.
+    pub certs_done: BTreeSet<String>,
 }
 
 impl ApplyReport {
@@ -116,25 +124,46 @@ pub async fn apply(cx: &mut Ctx<'_>) -> Result<ApplyReport, ApplyError> {
     }
     let mut failed: BTreeMap<String, String> = BTreeMap::new();
     let mut last_len = usize::MAX;
+    let mut last_fingerprint: Option<Vec<(ResourceKind, String, Action)>> = None;
     let mut touched: BTreeSet<String> = BTreeSet::new();
     // The plan of the host as it stands, while no pass has changed it since.
     let mut current: Option<Plan> = None;
+    let mut acme: Option<AcmeClient> = None;
     let result = async {
         for _ in 0..cx.options.max_passes {
-            let observed = vsa_live::observe(&cx.config.paths)?;
+            let mut observed = vsa_live::observe(&cx.config.paths)?;
+            if let Some(store) = cx.store {
+                observed.vsa_certs = store.issued_certs(cx.host).await?;
+            }
             let full =
                 vsa_core::plan(cx.model, cx.host, &observed, cx.renderer, cx.commit.clone())?;
             let mut plan = full.clone();
-            plan.changes
-                .retain(|c| !failed.contains_key(&c.name) && !cx.options.hold.contains(&c.name));
-            if plan.changes.is_empty() || plan.changes.len() >= last_len {
+            // A certificate is ordered at most once per apply, even when
+            // the new one is still inside the renewal window.
+            plan.changes.retain(|c| {
+                let cert_done = c.kind == ResourceKind::Cert && report.certs_done.contains(&c.name);
+                !(failed.contains_key(&c.name) || cx.options.hold.contains(&c.name) || cert_done)
+            });
+            // Stop when done, or when a pass made no progress. A certificate
+            // turns into a vhost update (HTTP → HTTPS), so progress is a
+            // different plan, not only a shorter one.
+            let fingerprint = plan_fingerprint(&plan);
+            if plan.changes.is_empty()
+                || plan.changes.len() > last_len
+                || last_fingerprint.as_ref() == Some(&fingerprint)
+            {
                 current = Some(full);
                 break;
             }
             last_len = plan.changes.len();
+            last_fingerprint = Some(fingerprint);
             report.passes += 1;
             touched.extend(plan.changes.iter().map(|c| c.name.clone()));
-            run_pass(cx, &plan, &observed, &mut failed, &mut report).await?;
+            run_pass(cx, &plan, &observed, &mut failed, &mut report, &mut acme).await?;
+        }
+        if report.reload_owed {
+            // A renewal after the pass's reload, and no pass since.
+            owed_reload(cx, &mut failed, &mut report).await?;
         }
         Ok::<(), ApplyError>(())
     }
@@ -369,6 +398,7 @@ async fn run_pass(
     before: &Observed,
     failed: &mut BTreeMap<String, String>,
     report: &mut ApplyReport,
+    acme: &mut Option<AcmeClient>,
 ) -> Result<(), ApplyError> {
     let gid = vsa_live::files::group_id(&cx.config.nginx.group);
     let mut w = Writer {
@@ -378,7 +408,40 @@ async fn run_pass(
         abort_after: cx.options.abort_after_writes,
     };
     let commit = cx.commit.clone();
-    let groups = groups(plan);
+    let all_groups = groups(plan);
+    // Certificates are not files of the pass: a renewal of a site whose
+    // files do not change goes first (the pass's one reload loads it); a
+    // new certificate, or one for a site whose vhost changes, goes after
+    // the reload, when nginx serves the site's HTTP-01 challenge location.
+    let (mut early, mut late) = (Vec::new(), Vec::new());
+    for (name, changes) in &all_groups {
+        let has_files = changes.iter().any(|c| c.kind != ResourceKind::Cert);
+        for c in changes.iter().filter(|c| c.kind == ResourceKind::Cert) {
+            if c.action == Action::Update && !has_files {
+                early.push((name.clone(), *c));
+            } else {
+                late.push((name.clone(), *c));
+            }
+        }
+    }
+    for (name, c) in &early {
+        if cert_step(cx, name, c, failed, report, acme).await? {
+            report.reload_owed = true;
+        }
+    }
+    let groups: Vec<(String, Vec<&Change>)> = all_groups
+        .iter()
+        .map(|(n, cs)| {
+            (
+                n.clone(),
+                cs.iter()
+                    .copied()
+                    .filter(|c| c.kind != ResourceKind::Cert)
+                    .collect(),
+            )
+        })
+        .filter(|(_, cs): &(String, Vec<&Change>)| !cs.is_empty())
+        .collect();
     // Groups whose config changes are on disk now.
     let mut applied: Vec<usize> = Vec::new();
     for (gi, (name, changes)) in groups.iter().enumerate() {
@@ -442,11 +505,18 @@ async fn run_pass(
         }
     }
 
+    if !applied.is_empty()
+        && let Err(e) = cx.nginx.test().await
+    {
+        isolate(cx, &mut w, &groups, &mut applied, before, failed, e).await?;
+    }
+    report.writes = w.writes;
+    if applied.is_empty() && report.reload_owed {
+        owed_reload(cx, failed, report).await?;
+    }
     if !applied.is_empty() {
-        if let Err(e) = cx.nginx.test().await {
-            isolate(cx, &mut w, &groups, &mut applied, before, failed, e).await?;
-        }
-        if !applied.is_empty() {
+        report.reload_owed = false;
+        {
             match cx.nginx.reload().await {
                 Ok(()) => {
                     report.reloads += 1;
@@ -471,8 +541,226 @@ async fn run_pass(
             }
         }
     }
-    report.writes = w.writes;
+    for (name, c) in &late {
+        if failed.contains_key(name) || failed.contains_key("nginx") {
+            continue;
+        }
+        if cert_step(cx, name, c, failed, report, acme).await? && c.action == Action::Update {
+            report.reload_owed = true;
+        }
+    }
     Ok(())
+}
+
+/// Tests and reloads nginx for certificates renewed since the last reload.
+async fn owed_reload(
+    cx: &mut Ctx<'_>,
+    failed: &mut BTreeMap<String, String>,
+    report: &mut ApplyReport,
+) -> Result<(), ApplyError> {
+    report.reload_owed = false;
+    let commit = cx.commit.clone();
+    let result = match cx.nginx.test().await {
+        Ok(()) => cx.nginx.reload().await,
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(()) => {
+            report.reloads += 1;
+            cx.audit.record(
+                commit.as_deref(),
+                NewEvent::new(
+                    "nginx.reload",
+                    "nginx",
+                    Outcome::Ok,
+                    "certificate(s) renewed",
+                ),
+            )?;
+        }
+        Err(e) => {
+            let line = err_line(&e);
+            cx.audit.record(
+                commit.as_deref(),
+                NewEvent::new("nginx.reload", "nginx", Outcome::Error, &line),
+            )?;
+            failed.insert(
+                "nginx".into(),
+                format!("reload for renewed certificates failed: {line}"),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// How long one certificate order may take.
+const ACME_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Issues, renews or deletes one site's certificate. Returns whether files
+/// changed. Failures are the site's (recorded, backed off), never the
+/// whole apply's.
+async fn cert_step(
+    cx: &mut Ctx<'_>,
+    name: &str,
+    c: &Change,
+    failed: &mut BTreeMap<String, String>,
+    report: &mut ApplyReport,
+    acme: &mut Option<AcmeClient>,
+) -> Result<bool, ApplyError> {
+    let commit = cx.commit.clone();
+    let live = cx.config.paths.letsencrypt.join("live").join(name);
+    let action = match c.action {
+        Action::Create => "cert.issue",
+        Action::Update => "cert.renew",
+        Action::Delete => "cert.delete",
+    };
+    report.certs_done.insert(name.to_owned());
+    let mut outcome_of = |cx: &mut Ctx<'_>, outcome: Outcome, detail: String| {
+        report.executed.push(Executed {
+            kind: ResourceKind::Cert,
+            name: name.to_owned(),
+            action: c.action,
+            outcome,
+            detail: detail.clone(),
+        });
+        cx.audit.record(
+            commit.as_deref(),
+            NewEvent::new(action, name, outcome, &detail),
+        )
+    };
+
+    if c.action == Action::Delete {
+        let mut result = Ok(());
+        for f in ["fullchain.pem", "privkey.pem"] {
+            match std::fs::remove_file(live.join(f)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => result = Err(e),
+                _ => {}
+            }
+        }
+        let _ = std::fs::remove_dir(&live); // only when nothing else is in it
+        return match result {
+            Ok(()) => {
+                if let Some(store) = cx.store {
+                    store.forget_cert(cx.host, name).await?;
+                    store.clear_acme_backoff(cx.host, name).await?;
+                }
+                outcome_of(cx, Outcome::Ok, "deleted".into())?;
+                Ok(true)
+            }
+            Err(e) => {
+                let detail = format!("cannot remove {}: {e}", live.display());
+                outcome_of(cx, Outcome::Error, detail.clone())?;
+                failed.insert(name.to_owned(), detail);
+                Ok(false)
+            }
+        };
+    }
+
+    // Polite to the CA: a domain that failed waits its turn, across runs.
+    let now_ms = vsa_store::time::now_millis();
+    let previous = match cx.store {
+        Some(store) => store.acme_backoff(cx.host, name).await?,
+        None => None,
+    };
+    if let Some(b) = previous.as_ref().filter(|b| b.next_attempt_ms > now_ms) {
+        let detail = format!(
+            "not asking the CA before {} ({} failure(s)); last error: {}",
+            vsa_store::time::format_millis(b.next_attempt_ms),
+            b.failures,
+            b.last_error
+        );
+        outcome_of(cx, Outcome::Skipped, detail.clone())?;
+        failed.insert(name.to_owned(), detail);
+        return Ok(false);
+    }
+    let names: Vec<String> = match cx.model.sites_for(cx.host).find(|s| s.domain == name) {
+        Some(site) => std::iter::once(site.domain.clone())
+            .chain(site.aliases.iter().cloned())
+            .collect(),
+        None => vec![name.to_owned()],
+    };
+    let issued = async {
+        if acme.is_none() {
+            *acme = Some(
+                AcmeClient::connect(
+                    &cx.config.acme.directory,
+                    cx.config.acme.ca_bundle.as_deref(),
+                    &cx.config.paths.state,
+                )
+                .await?,
+            );
+        }
+        let client = acme.as_ref().expect("connected above");
+        client
+            .issue(&names, &cx.config.paths.webroot, ACME_TIMEOUT)
+            .await
+    }
+    .await;
+    let written = issued.map_err(|e| e.to_string()).and_then(|i| {
+        let info = vsa_live::certs::parse(
+            i.chain_pem.as_bytes(),
+            Some(&i.key_pem),
+            name,
+            now_ms / 1000,
+        )
+        .map_err(|e| format!("the CA sent a certificate vsa cannot read: {e}"))?;
+        // The key first: a crash between the two leaves a mismatch, which
+        // the next plan sees and repairs, never a certificate without key.
+        let key_mode = FileMode {
+            mode: 0o600,
+            gid: None,
+        };
+        let cert_mode = FileMode {
+            mode: 0o644,
+            gid: None,
+        };
+        files::write_atomic(&live, "privkey.pem", i.key_pem.as_bytes(), key_mode)
+            .and_then(|()| {
+                files::write_atomic(&live, "fullchain.pem", i.chain_pem.as_bytes(), cert_mode)
+            })
+            .map_err(|e| format!("cannot write {}: {e}", live.display()))?;
+        Ok(info)
+    });
+    match written {
+        Ok(info) => {
+            report.issued += 1;
+            if let Some(store) = cx.store {
+                store
+                    .record_cert(cx.host, name, &info.serial, info.not_after)
+                    .await?;
+                store.clear_acme_backoff(cx.host, name).await?;
+            }
+            let detail = format!(
+                "serial {}, for {}, expires {} ({})",
+                info.serial,
+                names.join(" "),
+                vsa_store::time::format_millis(info.not_after * 1000),
+                c.reason
+            );
+            outcome_of(cx, Outcome::Ok, detail)?;
+            Ok(true)
+        }
+        Err(reason) => {
+            let backoff =
+                vsa_store::AcmeBackoff::after_failure(name, previous.as_ref(), &reason, now_ms);
+            if let Some(store) = cx.store {
+                store.set_acme_backoff(cx.host, &backoff).await?;
+            }
+            let detail = format!(
+                "{reason}; next attempt not before {}",
+                vsa_store::time::format_millis(backoff.next_attempt_ms)
+            );
+            outcome_of(cx, Outcome::Error, detail.clone())?;
+            failed.insert(name.to_owned(), format!("certificate: {reason}"));
+            Ok(false)
+        }
+    }
+}
+
+fn plan_fingerprint(plan: &Plan) -> Vec<(ResourceKind, String, Action)> {
+    plan.changes
+        .iter()
+        .map(|c| (c.kind, c.name.clone(), c.action))
+        .collect()
 }
 
 fn err_line(e: &NginxError) -> String {

@@ -1,5 +1,5 @@
 //! Observing the directories vsa writes to: vhosts, htpasswd files,
-//! certificates (presence only) and access logs.
+//! certificates and access logs.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
@@ -18,13 +18,28 @@ pub enum ObserveError {
 type Result<T, E = ObserveError> = std::result::Result<T, E>;
 
 /// Reads what is on the host now. A missing directory is simply empty:
-/// on a fresh host nothing exists yet.
+/// on a fresh host nothing exists yet. `vsa_certs` (which certificates vsa
+/// issued) is the state store's to fill in.
 pub fn observe(paths: &Paths) -> Result<Observed> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let cert_info = crate::certs::observe(&paths.letsencrypt, now)
+        .map_err(|source| ObserveError::Read {
+            path: paths.letsencrypt.join("live"),
+            source,
+        })?
+        .into_iter()
+        .map(|c| (c.domain.clone(), c))
+        .collect();
     Ok(Observed {
         vhosts: read_dir_files(&paths.vhosts, ".conf")?,
         htpasswd: read_dir_files(&paths.htpasswd, ".htpasswd")?,
         certs: certs_present(&paths.letsencrypt)?,
         access_logs: names_with_suffix(&paths.access_logs, ".access.json")?,
+        cert_info,
+        vsa_certs: BTreeSet::new(),
+        now,
     })
 }
 

@@ -4,6 +4,7 @@
 //! later, `apply`). Everything host-specific (files, git, processes, the
 //! Docker engine) lives here or in the binaries, never in `vsa-core`.
 
+pub mod acme;
 pub mod certs;
 pub mod config_file;
 pub mod docker;

@@ -52,6 +52,39 @@ pub struct ResourceStatus {
     pub updated_at: String,
 }
 
+/// An ACME failure of one domain and when to try it again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AcmeBackoff {
+    pub domain: String,
+    pub failures: u32,
+    /// Milliseconds since the Unix epoch.
+    pub next_attempt_ms: i64,
+    pub last_error: String,
+}
+
+impl AcmeBackoff {
+    /// First retry after 5 minutes, doubling per failure, at most a day
+    /// apart: polite to the CA (and inside Let's Encrypt's failed-validation
+    /// limits).
+    pub fn after_failure(
+        domain: &str,
+        previous: Option<&AcmeBackoff>,
+        error: &str,
+        now_ms: i64,
+    ) -> AcmeBackoff {
+        let failures = previous.map_or(0, |b| b.failures) + 1;
+        let wait_ms = (5 * 60 * 1000i64)
+            .saturating_mul(1i64 << (failures - 1).min(20))
+            .min(24 * 3600 * 1000);
+        AcmeBackoff {
+            domain: domain.to_owned(),
+            failures,
+            next_attempt_ms: now_ms + wait_ms,
+            last_error: error.to_owned(),
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: SqlitePool,
@@ -239,6 +272,117 @@ impl Store {
                 updated_at: r.get(5),
             })
             .collect())
+    }
+
+    /// Records a certificate vsa issued (replacing an earlier one).
+    pub async fn record_cert(
+        &self,
+        host: &str,
+        domain: &str,
+        serial: &str,
+        not_after: i64,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO certs_issued (host, domain, serial, not_after, issued_at) VALUES (?, ?, ?, ?, ?) \
+             ON CONFLICT (host, domain) DO UPDATE SET serial = excluded.serial, \
+             not_after = excluded.not_after, issued_at = excluded.issued_at",
+        )
+        .bind(host)
+        .bind(domain)
+        .bind(serial)
+        .bind(not_after)
+        .bind(crate::time::format(std::time::SystemTime::now()))
+        .execute(&self.pool)
+        .await
+        .map_err(self.db())?;
+        Ok(())
+    }
+
+    pub async fn forget_cert(&self, host: &str, domain: &str) -> Result<()> {
+        sqlx::query("DELETE FROM certs_issued WHERE host = ? AND domain = ?")
+            .bind(host)
+            .bind(domain)
+            .execute(&self.pool)
+            .await
+            .map_err(self.db())?;
+        Ok(())
+    }
+
+    /// The domains whose certificate vsa issued on `host`.
+    pub async fn issued_certs(&self, host: &str) -> Result<std::collections::BTreeSet<String>> {
+        let rows = sqlx::query("SELECT domain FROM certs_issued WHERE host = ?")
+            .bind(host)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(self.db())?;
+        Ok(rows.into_iter().map(|r| r.get(0)).collect())
+    }
+
+    /// The ACME backoff of a domain, if it failed since its last success.
+    pub async fn acme_backoff(&self, host: &str, domain: &str) -> Result<Option<AcmeBackoff>> {
+        let row = sqlx::query(
+            "SELECT domain, failures, next_attempt, last_error FROM acme_backoff WHERE host = ? AND domain = ?",
+        )
+        .bind(host)
+        .bind(domain)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(self.db())?;
+        Ok(row.map(|r| AcmeBackoff {
+            domain: r.get(0),
+            failures: r.get::<i64, _>(1) as u32,
+            next_attempt_ms: r.get(2),
+            last_error: r.get(3),
+        }))
+    }
+
+    /// Every domain of `host` in ACME backoff.
+    pub async fn acme_backoffs(&self, host: &str) -> Result<Vec<AcmeBackoff>> {
+        let rows = sqlx::query(
+            "SELECT domain, failures, next_attempt, last_error FROM acme_backoff WHERE host = ? ORDER BY domain",
+        )
+        .bind(host)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(self.db())?;
+        Ok(rows
+            .into_iter()
+            .map(|r| AcmeBackoff {
+                domain: r.get(0),
+                failures: r.get::<i64, _>(1) as u32,
+                next_attempt_ms: r.get(2),
+                last_error: r.get(3),
+            })
+            .collect())
+    }
+
+    pub async fn set_acme_backoff(&self, host: &str, b: &AcmeBackoff) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO acme_backoff (host, domain, failures, next_attempt, last_error, updated_at) \
+             VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (host, domain) DO UPDATE SET \
+             failures = excluded.failures, next_attempt = excluded.next_attempt, \
+             last_error = excluded.last_error, updated_at = excluded.updated_at",
+        )
+        .bind(host)
+        .bind(&b.domain)
+        .bind(i64::from(b.failures))
+        .bind(b.next_attempt_ms)
+        .bind(&b.last_error)
+        .bind(crate::time::format(std::time::SystemTime::now()))
+        .execute(&self.pool)
+        .await
+        .map_err(self.db())?;
+        Ok(())
+    }
+
+    pub async fn clear_acme_backoff(&self, host: &str, domain: &str) -> Result<()> {
+        sqlx::query("DELETE FROM acme_backoff WHERE host = ? AND domain = ?")
+            .bind(host)
+            .bind(domain)
+            .execute(&self.pool)
+            .await
+            .map_err(self.db())?;
+        Ok(())
     }
 
     pub async fn close(self) {

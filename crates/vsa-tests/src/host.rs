@@ -19,6 +19,8 @@ pub struct Host {
     pub repo: PathBuf,
     pub config_file: PathBuf,
     pub http_port: u16,
+    /// What rendered HTTPS servers listen on.
+    pub https_port: u16,
     /// The `nginx:` part of the config, for [`Host::configure`].
     nginx_yaml: String,
     _dir: tempfile::TempDir,
@@ -66,9 +68,9 @@ impl Host {
                     .join(", ")
             )
         };
+        let https_port = free_port();
         let nginx_yaml = format!(
-            "nginx:\n  http_port: {http_port}\n  https_port: {}\n  ipv6: false\n  resolver: 127.0.0.1\n  group: {}\n  test: {}\n  reload: {}\n",
-            free_port(),
+            "nginx:\n  http_port: {http_port}\n  https_port: {https_port}\n  ipv6: false\n  resolver: 127.0.0.1\n  group: {}\n  test: {}\n  reload: {}\n",
             current_group(),
             argv(nginx.test_argv()),
             argv(nginx.reload_argv()),
@@ -86,6 +88,7 @@ impl Host {
             config_file,
             nginx,
             http_port,
+            https_port,
             nginx_yaml,
         }
     }

@@ -8,6 +8,7 @@
 pub mod daemon;
 pub mod docker;
 pub mod host;
+pub mod pebble;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -320,7 +321,10 @@ pub fn http_get(port: u16, host: &str, path: &str, extra_headers: &[(&str, &str)
     http_request(port, "GET", host, path, extra_headers, b"")
 }
 
-/// One HTTP/1.1 request to `127.0.0.1:port` (`Connection: close`).
+/// One HTTP/1.1 request to `127.0.0.1:port` (`Connection: close`). A
+/// connection that fails or is reset (an old nginx worker going away
+/// during a reload) is status 0 with the error as body, so that
+/// `http_get_until` tries again.
 pub fn http_request(
     port: u16,
     method: &str,
@@ -329,20 +333,33 @@ pub fn http_request(
     extra_headers: &[(&str, &str)],
     body: &[u8],
 ) -> Response {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
-    for (k, v) in extra_headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    if !body.is_empty() || method != "GET" {
-        req.push_str(&format!("Content-Length: {}\r\n", body.len()));
-    }
-    req.push_str("\r\n");
-    s.write_all(req.as_bytes()).unwrap();
-    s.write_all(body).unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).unwrap();
+    let exchange = || -> std::io::Result<Vec<u8>> {
+        let mut s = TcpStream::connect(("127.0.0.1", port))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
+        for (k, v) in extra_headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        if !body.is_empty() || method != "GET" {
+            req.push_str(&format!("Content-Length: {}\r\n", body.len()));
+        }
+        req.push_str("\r\n");
+        s.write_all(req.as_bytes())?;
+        s.write_all(body)?;
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw)?;
+        Ok(raw)
+    };
+    let raw = match exchange() {
+        Ok(raw) => raw,
+        Err(e) => {
+            return Response {
+                status: 0,
+                headers: Vec::new(),
+                body: e.to_string(),
+            };
+        }
+    };
     let text = String::from_utf8_lossy(&raw).into_owned();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let mut lines = head.lines();

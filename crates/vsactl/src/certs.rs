@@ -35,6 +35,40 @@ struct Report<'a> {
     certs: Vec<Row<'a>>,
     /// `tls: acme` sites of this host with no certificate on disk.
     missing: Vec<String>,
+    /// Domains whose last ACME order failed, and when vsa asks again.
+    acme_failures: Vec<AcmeFailure>,
+}
+
+#[derive(Serialize)]
+struct AcmeFailure {
+    domain: String,
+    failures: u32,
+    last_error: String,
+    next_attempt: String,
+}
+
+/// The ACME failures recorded in the state store (none without a store).
+fn acme_failures(state: &std::path::Path, host: &str) -> Result<Vec<AcmeFailure>> {
+    if !state.join(vsa_store::DB_FILE).exists() {
+        return Ok(Vec::new());
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let store = vsa_store::Store::open(state).await?;
+        let list = store.acme_backoffs(host).await?;
+        store.close().await;
+        Ok(list
+            .into_iter()
+            .map(|b| AcmeFailure {
+                domain: b.domain,
+                failures: b.failures,
+                last_error: b.last_error,
+                next_attempt: vsa_store::time::format_millis(b.next_attempt_ms),
+            })
+            .collect())
+    })
 }
 
 pub fn certs(global: &Global, env: &Env, format: Format) -> Result<ExitCode> {
@@ -77,15 +111,28 @@ pub fn certs(global: &Global, env: &Env, format: Format) -> Result<ExitCode> {
         .map(|(d, _)| d.clone())
         .collect();
 
+    let failures = match host {
+        Some(h) => acme_failures(&ctx.config.paths.state, h)?,
+        None => Vec::new(),
+    };
     if format == Format::Json {
         let report = Report {
             host,
             certs: rows,
             missing,
+            acme_failures: failures,
         };
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(ExitCode::SUCCESS);
     }
+    let failure_of = |d: &str| {
+        failures.iter().find(|f| f.domain == d).map(|f| {
+            format!(
+                "last ACME error ({} failure(s)): {}; next attempt {}",
+                f.failures, f.last_error, f.next_attempt
+            )
+        })
+    };
     if rows.is_empty() && missing.is_empty() {
         println!(
             "No certificates under {}.",
@@ -118,6 +165,7 @@ pub fn certs(global: &Global, env: &Env, format: Format) -> Result<ExitCode> {
         for s in r.sites.iter().filter(|s| !s.covered) {
             notes.push(format!("does not cover all names of site {}", s.domain));
         }
+        notes.extend(failure_of(&c.domain));
         let expires = if c.error.is_some() {
             "-".to_owned()
         } else {
@@ -140,8 +188,13 @@ pub fn certs(global: &Global, env: &Env, format: Format) -> Result<ExitCode> {
     let dim = Style::new().dimmed();
     for d in &missing {
         println!(
-            "{:<32} {dim}{:<9}{dim:#} {:>5}  {:<10}  {:<24}  tls: acme, not issued yet",
-            d, "missing", "-", "-", "-"
+            "{:<32} {dim}{:<9}{dim:#} {:>5}  {:<10}  {:<24}  {}",
+            d,
+            "missing",
+            "-",
+            "-",
+            "-",
+            failure_of(d).unwrap_or_else(|| "tls: acme, not issued yet".into())
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -86,6 +86,19 @@ fn converged(model: &Model, host: &str, renderer: &Renderer, certs: &BTreeSet<St
             }
         }
     }
+    // Every TLS site holds a certificate for the names it had.
+    for site in model.sites_for(host) {
+        if site.tls == vsa_core::model::Tls::Acme {
+            let names = std::iter::once(site.domain.clone())
+                .chain(site.aliases.iter().cloned())
+                .collect();
+            obs.cert_info.insert(
+                site.domain.clone(),
+                vsa_core::certs::CertInfo::steady(&site.domain, names),
+            );
+            obs.vsa_certs.insert(site.domain.clone());
+        }
+    }
     obs
 }
 

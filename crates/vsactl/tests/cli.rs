@@ -148,14 +148,30 @@ fn changes(plan: &serde_json::Value) -> Vec<(String, String, String)> {
         .collect()
 }
 
-/// Puts each vhost and htpasswd in place by hand, from `vsactl render` and
-/// the manifests, as an operator following the plan would.
+/// Puts each certificate, vhost and htpasswd in place by hand, from
+/// `vsactl render` and the manifests, as an operator following the plan
+/// would.
 fn put_files_in_place(sb: &Sandbox) {
     let vhosts = sb.path("etc/nginx/conf.d");
     let htpasswd = sb.path("etc/nginx/htpasswd");
     let logs = sb.path("var/log/nginx/domains");
     for d in [&vhosts, &htpasswd, &logs] {
         std::fs::create_dir_all(d).unwrap();
+    }
+    for names in [
+        &["shop.example.com", "www.shop.example.com"][..],
+        &["admin.example.com"],
+    ] {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let cert = rcgen::CertificateParams::new(names.clone())
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let live = sb.path(&format!("etc/letsencrypt/live/{}", names[0]));
+        std::fs::create_dir_all(&live).unwrap();
+        std::fs::write(live.join("fullchain.pem"), cert.pem()).unwrap();
+        std::fs::write(live.join("privkey.pem"), key.serialize_pem()).unwrap();
     }
     for domain in ["shop.example.com", "admin.example.com"] {
         let o = sb.vsactl(&["render", domain]);
@@ -204,6 +220,8 @@ fn diff_follows_the_host_from_empty_to_in_sync_to_drifted() {
     let expect: Vec<(String, String, String)> = [
         ("access_log", "admin.example.com"),
         ("access_log", "shop.example.com"),
+        ("cert", "admin.example.com"),
+        ("cert", "shop.example.com"),
         ("htpasswd", "admin.example.com"),
         ("vhost", "00-vsa-http"),
         ("vhost", "admin.example.com"),
@@ -215,7 +233,7 @@ fn diff_follows_the_host_from_empty_to_in_sync_to_drifted() {
     assert_eq!(got, expect);
     assert_eq!(
         plan["summary"],
-        serde_json::json!({"create": 6, "update": 0, "delete": 0})
+        serde_json::json!({"create": 8, "update": 0, "delete": 0})
     );
     // htpasswd diffs name users, never hashes.
     let htdiff = plan["changes"]
