@@ -215,7 +215,13 @@ fn acme_sites_get_certificates_a_failing_one_fails_alone_and_renewal_reloads() {
         ),
     );
     std::fs::remove_file(h.repo.join("sites/fail.vsa.test.yaml")).unwrap();
+    let account = std::fs::read(h.path("var/lib/vsa/acme-account.json")).unwrap();
     assert_eq!(h.vsactl(&["apply", "--yes"]), ExitCode::SUCCESS);
+    assert_eq!(
+        std::fs::read(h.path("var/lib/vsa/acme-account.json")).unwrap(),
+        account,
+        "the account is reused"
+    );
     for (d, old) in ["a.vsa.test", "b.vsa.test"].iter().zip(&serials) {
         assert_ne!(&cert_of(&h, d).serial, old, "{d} renewed");
     }
@@ -230,6 +236,22 @@ fn acme_sites_get_certificates_a_failing_one_fails_alone_and_renewal_reloads() {
             .iter()
             .any(|e| e["action"] == "cert.renew" && e["target"] == "b.vsa.test")
     );
+
+    // A site removed: its vhost goes, then the certificate vsa issued.
+    std::fs::remove_file(h.repo.join("sites/b.vsa.test.yaml")).unwrap();
+    assert_eq!(h.vsactl(&["apply", "--yes"]), ExitCode::SUCCESS);
+    assert!(!h.path("etc/letsencrypt/live/b.vsa.test").exists());
+    assert!(!h.path("etc/nginx/conf.d/b.vsa.test.conf").exists());
+    assert!(
+        h.path("etc/letsencrypt/live/a.vsa.test/fullchain.pem")
+            .exists()
+    );
+    assert!(
+        h.audit_lines()
+            .iter()
+            .any(|e| e["action"] == "cert.delete" && e["target"] == "b.vsa.test")
+    );
+    h.nginx.test().unwrap();
     assert_eq!(h.vsactl(&["audit", "--verify"]), ExitCode::SUCCESS);
     let _ = &mut h;
 }
