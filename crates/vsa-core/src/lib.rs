@@ -7,6 +7,7 @@
 
 pub mod certs;
 pub mod config;
+pub mod docker;
 pub mod load;
 pub mod manifest;
 pub mod model;

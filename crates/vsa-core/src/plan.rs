@@ -38,6 +38,14 @@ pub struct Observed {
     pub vsa_certs: BTreeSet<String>,
     /// When the host was observed, in seconds since the Unix epoch.
     pub now: i64,
+    /// The Docker engine; `None` when it is not reachable (containers are
+    /// then reported by nobody and planned for nothing).
+    pub docker: Option<crate::docker::ObservedDocker>,
+    /// Why the Docker engine could not be observed.
+    pub docker_error: Option<String>,
+    /// The env files the stacks name: path → digest of the content, or why
+    /// it cannot be read.
+    pub env_files: BTreeMap<String, Result<String, String>>,
 }
 
 /// The kinds of resources of DESIGN §5 (contract).
@@ -271,6 +279,14 @@ pub fn plan(
         observed,
         renderer.settings().renew_before_days,
     );
+    docker_changes(
+        &mut p,
+        model,
+        host,
+        &sites,
+        observed,
+        &renderer.settings().docker_network,
+    );
 
     for site in &sites {
         if !observed.access_logs.contains(&site.domain) {
@@ -337,6 +353,165 @@ fn cert_changes(p: &mut Plan, sites: &[&Site], observed: &Observed, renew_before
         if !wanted && observed.cert_info.contains_key(domain) {
             p.changes
                 .push(change(domain, Action::Delete, "not desired".into()));
+        }
+    }
+}
+
+/// Networks and containers of the host's stacks (when the engine is
+/// reachable): create what is missing, recreate what differs from its spec
+/// hash (with a field-level diff), start what stopped, delete the managed
+/// containers of this host no longer desired. Unmanaged containers are
+/// never touched; a stack with an unreadable env file is blocked whole.
+fn docker_changes(
+    p: &mut Plan,
+    model: &Model,
+    host: &str,
+    sites: &[&Site],
+    observed: &Observed,
+    network: &str,
+) {
+    use crate::docker::ContainerSpec;
+    let Some(docker) = &observed.docker else {
+        // Stacks without an engine: reported, not managed.
+        for stack in model.stacks_for(host) {
+            p.conflicts.push(Conflict {
+                kind: ResourceKind::Container,
+                name: stack.name.clone(),
+                file: stack.file.clone(),
+                message: format!(
+                    "stack `{}` is not managed: the Docker engine cannot be reached ({})",
+                    stack.name,
+                    observed.docker_error.as_deref().unwrap_or("not configured")
+                ),
+            });
+        }
+        return;
+    };
+    let change = |kind, name: &str, action, reason: String, diff, content| Change {
+        kind,
+        name: name.to_owned(),
+        action,
+        reason,
+        diff,
+        file: None,
+        content,
+    };
+    let mut wanted_networks: BTreeSet<String> = BTreeSet::new();
+    let mut desired: BTreeSet<String> = BTreeSet::new();
+    for stack in model.stacks_for(host) {
+        let mut blocked = false;
+        let mut digests = BTreeMap::new();
+        for svc in stack.services.values() {
+            desired.insert(svc.container.clone());
+            for path in &svc.env_file {
+                match observed.env_files.get(path) {
+                    Some(Ok(d)) => {
+                        digests.insert(path.clone(), d.clone());
+                    }
+                    Some(Err(e)) => {
+                        blocked = true;
+                        p.conflicts.push(Conflict {
+                            kind: ResourceKind::Container,
+                            name: svc.container.clone(),
+                            file: path.clone(),
+                            message: format!(
+                                "env_file {path} of stack `{}` cannot be read: {e}; the stack is left as it is",
+                                stack.name
+                            ),
+                        });
+                    }
+                    None => blocked = true,
+                }
+            }
+        }
+        if blocked {
+            continue;
+        }
+        for (service_name, svc) in &stack.services {
+            let spec = ContainerSpec::new(stack, service_name, svc, network, &digests);
+            wanted_networks.extend(spec.networks.iter().cloned());
+            let users: Vec<&str> = sites
+                .iter()
+                .filter(|s| {
+                    matches!(&s.upstream, crate::model::Upstream::Container { name, .. } if *name == spec.name)
+                })
+                .map(|s| s.domain.as_str())
+                .collect();
+            let shared = if users.len() > 1 {
+                format!(" (shared by sites {})", users.join(", "))
+            } else {
+                String::new()
+            };
+            let json = spec.to_json();
+            match docker.containers.get(&spec.name) {
+                None => p.changes.push(change(
+                    ResourceKind::Container,
+                    &spec.name,
+                    Action::Create,
+                    format!("missing{shared}"),
+                    Some(text_diff("", &json)),
+                    Some(json),
+                )),
+                Some(c) if !c.managed => p.conflicts.push(Conflict {
+                    kind: ResourceKind::Container,
+                    name: spec.name.clone(),
+                    file: spec.name.clone(),
+                    message: format!(
+                        "a container named {} exists but is not managed by vsa (no label {}=true); remove or rename it to let vsa create its own",
+                        spec.name,
+                        crate::docker::LABEL_MANAGED
+                    ),
+                }),
+                Some(c) if c.spec_hash.as_deref() != Some(spec.hash().as_str()) => {
+                    p.changes.push(change(
+                        ResourceKind::Container,
+                        &spec.name,
+                        Action::Update,
+                        format!("spec changed: recreate{shared}"),
+                        Some(text_diff(c.spec.as_deref().unwrap_or(""), &json)),
+                        Some(json),
+                    ))
+                }
+                Some(c) if !c.running => p.changes.push(change(
+                    ResourceKind::Container,
+                    &spec.name,
+                    Action::Update,
+                    format!("stopped: start{shared}"),
+                    None,
+                    Some(json),
+                )),
+                Some(_) => {}
+            }
+        }
+    }
+    for net in &wanted_networks {
+        if !docker.networks.contains(net) {
+            p.changes.push(change(
+                ResourceKind::Network,
+                net,
+                Action::Create,
+                "missing".into(),
+                None,
+                None,
+            ));
+        }
+    }
+    for c in docker.containers.values() {
+        // Only this host's managed containers on its network: another
+        // agent's (or another test's) are not ours to remove.
+        if c.managed
+            && c.host.as_deref() == Some(host)
+            && c.networks.iter().any(|n| n == network)
+            && !desired.contains(&c.name)
+        {
+            p.changes.push(change(
+                ResourceKind::Container,
+                &c.name,
+                Action::Delete,
+                "not desired (its volumes are kept)".into(),
+                c.spec.as_deref().map(|s| text_diff(s, "")),
+                None,
+            ));
         }
     }
 }

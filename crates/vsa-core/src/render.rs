@@ -49,6 +49,8 @@ pub struct RenderSettings {
     pub access_logs_dir: PathBuf,
     /// Renew a certificate with this many days left (`acme.renew_before_days`).
     pub renew_before_days: u32,
+    /// The shared network of the proxy and the containers (`docker.network`).
+    pub docker_network: String,
 }
 
 impl From<&Config> for RenderSettings {
@@ -63,6 +65,7 @@ impl From<&Config> for RenderSettings {
             webroot: c.nginx.paths.webroot.clone(),
             access_logs_dir: c.nginx.paths.access_logs.clone(),
             renew_before_days: c.acme.renew_before_days,
+            docker_network: c.docker.network.clone(),
         }
     }
 }

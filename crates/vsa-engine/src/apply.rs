@@ -29,6 +29,8 @@ pub enum ApplyError {
     Audit(#[from] vsa_store::audit::AuditError),
     #[error(transparent)]
     Store(#[from] vsa_store::StoreError),
+    #[error(transparent)]
+    Pipeline(#[from] crate::pipeline::PipelineError),
     #[error(
         "nginx -t fails even with all of vsa's changes taken back, so they stay taken back and nothing was reloaded: {0}"
     )]
@@ -131,10 +133,7 @@ pub async fn apply(cx: &mut Ctx<'_>) -> Result<ApplyReport, ApplyError> {
     let mut acme: Option<AcmeClient> = None;
     let result = async {
         for _ in 0..cx.options.max_passes {
-            let mut observed = vsa_live::observe(&cx.config.paths)?;
-            if let Some(store) = cx.store {
-                observed.vsa_certs = store.issued_certs(cx.host).await?;
-            }
+            let observed = crate::pipeline::observe(cx.config, cx.model, cx.host, cx.store).await?;
             let full =
                 vsa_core::plan(cx.model, cx.host, &observed, cx.renderer, cx.commit.clone())?;
             let mut plan = full.clone();
@@ -185,7 +184,7 @@ pub async fn apply(cx: &mut Ctx<'_>) -> Result<ApplyReport, ApplyError> {
         Some(plan) => plan,
         // The passes ran out: look once more at what they left.
         None => {
-            let observed = vsa_live::observe(&cx.config.paths)?;
+            let observed = crate::pipeline::observe(cx.config, cx.model, cx.host, cx.store).await?;
             vsa_core::plan(cx.model, cx.host, &observed, cx.renderer, cx.commit.clone())?
         }
     });
@@ -415,7 +414,9 @@ async fn run_pass(
     // the reload, when nginx serves the site's HTTP-01 challenge location.
     let (mut early, mut late) = (Vec::new(), Vec::new());
     for (name, changes) in &all_groups {
-        let has_files = changes.iter().any(|c| c.kind != ResourceKind::Cert);
+        let has_files = changes
+            .iter()
+            .any(|c| touches_config(c) || c.kind == ResourceKind::AccessLog);
         for c in changes.iter().filter(|c| c.kind == ResourceKind::Cert) {
             if c.action == Action::Update && !has_files {
                 early.push((name.clone(), *c));
@@ -429,6 +430,17 @@ async fn run_pass(
             report.reload_owed = true;
         }
     }
+    // Networks and containers come before the vhosts that point at them.
+    let docker_changes: Vec<&Change> = plan
+        .changes
+        .iter()
+        .filter(|c| matches!(c.kind, ResourceKind::Network | ResourceKind::Container))
+        .collect();
+    if !docker_changes.is_empty() && docker_step(cx, &docker_changes, failed, report).await? {
+        // A recreated container a site points at has a new address: the
+        // reload makes nginx look the name up again.
+        report.reload_owed = true;
+    }
     let groups: Vec<(String, Vec<&Change>)> = all_groups
         .iter()
         .map(|(n, cs)| {
@@ -436,7 +448,7 @@ async fn run_pass(
                 n.clone(),
                 cs.iter()
                     .copied()
-                    .filter(|c| c.kind != ResourceKind::Cert)
+                    .filter(|c| touches_config(c) || c.kind == ResourceKind::AccessLog)
                     .collect(),
             )
         })
@@ -550,6 +562,209 @@ async fn run_pass(
         }
     }
     Ok(())
+}
+
+/// How long a container with a healthcheck may take to become healthy.
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Executes network and container changes, dependencies first. A failure
+/// fails that container (and what depends on it), never the rest. Returns
+/// whether a container some site points at was recreated.
+async fn docker_step(
+    cx: &mut Ctx<'_>,
+    changes: &[&Change],
+    failed: &mut BTreeMap<String, String>,
+    report: &mut ApplyReport,
+) -> Result<bool, ApplyError> {
+    use vsa_core::docker::ContainerSpec;
+    let commit = cx.commit.clone();
+    let endpoint = cx
+        .config
+        .docker
+        .endpoint
+        .clone()
+        .unwrap_or_else(|| vsa_live::nginx::DEFAULT_DOCKER_ENDPOINT.to_owned());
+    let mut record =
+        |cx: &mut Ctx<'_>, c: &Change, action: &str, outcome: Outcome, detail: String| {
+            report.executed.push(Executed {
+                kind: c.kind,
+                name: c.name.clone(),
+                action: c.action,
+                outcome,
+                detail: detail.clone(),
+            });
+            cx.audit.record(
+                commit.as_deref(),
+                NewEvent::new(action, &c.name, outcome, &detail),
+            )
+        };
+    let docker = match vsa_live::docker::connect(&endpoint).await {
+        Ok(d) => d,
+        Err(e) => {
+            for c in changes {
+                record(
+                    cx,
+                    c,
+                    &format!("{}.apply", c.kind.as_str()),
+                    Outcome::Error,
+                    e.to_string(),
+                )?;
+                failed.insert(c.name.clone(), e.to_string());
+            }
+            return Ok(false);
+        }
+    };
+    // Containers a site points at.
+    let fronted: BTreeSet<String> = cx
+        .model
+        .sites_for(cx.host)
+        .filter_map(|s| match &s.upstream {
+            vsa_core::model::Upstream::Container { name, .. } => Some(name.clone()),
+            _ => None,
+        })
+        .collect();
+    // What each container must wait for (same stack, `depends_on`).
+    let deps = |name: &str| -> Vec<String> {
+        cx.model
+            .stacks_for(cx.host)
+            .flat_map(|st| st.services.values().map(move |svc| (st, svc)))
+            .find(|(_, svc)| svc.container == name)
+            .map(|(st, svc)| {
+                svc.depends_on
+                    .iter()
+                    .filter_map(|d| st.services.get(d).map(|s| s.container.clone()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut recreated_fronted = false;
+    // Networks first, then containers in dependency order, deletes last.
+    let mut pending: Vec<&Change> = changes.to_vec();
+    pending.sort_by_key(|c| match (c.kind, c.action) {
+        (ResourceKind::Network, _) => 0,
+        (_, Action::Delete) => 2,
+        _ => 1,
+    });
+    let mut done: BTreeSet<String> = BTreeSet::new();
+    let in_plan: BTreeSet<String> = pending.iter().map(|c| c.name.clone()).collect();
+    while !pending.is_empty() {
+        // The first change whose dependencies are done (or not in the plan).
+        let idx = pending
+            .iter()
+            .position(|c| {
+                deps(&c.name)
+                    .iter()
+                    .all(|d| done.contains(d) || !in_plan.contains(d))
+            })
+            .unwrap_or(0);
+        let c = pending.remove(idx);
+        done.insert(c.name.clone());
+        if let Some(d) = deps(&c.name).iter().find(|d| failed.contains_key(*d)) {
+            let detail = format!("not started: it depends on {d}, which failed");
+            record(cx, c, "container.create", Outcome::Skipped, detail.clone())?;
+            failed.insert(c.name.clone(), detail);
+            continue;
+        }
+        let result: Result<(&str, String), String> = match (c.kind, c.action) {
+            (ResourceKind::Network, _) => vsa_live::docker::create_network(&docker, &c.name)
+                .await
+                .map(|()| ("network.create", "created".to_owned()))
+                .map_err(|e| e.to_string()),
+            (ResourceKind::Container, Action::Delete) => vsa_live::docker::remove(&docker, &c.name)
+                .await
+                .map(|()| ("container.delete", "removed (volumes kept)".to_owned()))
+                .map_err(|e| e.to_string()),
+            (ResourceKind::Container, action) => {
+                let spec: Option<ContainerSpec> = c
+                    .content
+                    .as_deref()
+                    .and_then(|j| serde_json::from_str(j).ok());
+                match spec {
+                    None => Err("no container spec in the plan".to_owned()),
+                    Some(spec) => {
+                        let start_only =
+                            action == Action::Update && c.reason.starts_with("stopped");
+                        let r = if start_only {
+                            vsa_live::docker::start(&docker, &spec.name)
+                                .await
+                                .map(|()| ("container.start", "started".to_owned()))
+                                .map_err(|e| e.to_string())
+                        } else {
+                            run_container(&docker, &spec, cx.host, action).await
+                        };
+                        match r {
+                            Ok(ok) if spec.healthcheck.is_some() => {
+                                vsa_live::docker::wait_healthy(&docker, &spec.name, HEALTH_TIMEOUT)
+                                    .await
+                                    .map(|()| (ok.0, format!("{}; healthy", ok.1)))
+                            }
+                            other => other,
+                        }
+                    }
+                }
+            }
+            _ => Err(format!("{} changes are not supported", c.kind.as_str())),
+        };
+        match result {
+            Ok((action, detail)) => {
+                if action == "container.recreate" && fronted.contains(&c.name) {
+                    recreated_fronted = true;
+                }
+                record(
+                    cx,
+                    c,
+                    action,
+                    Outcome::Ok,
+                    format!("{detail} ({})", c.reason),
+                )?;
+            }
+            Err(e) => {
+                let action = match (c.kind, c.action) {
+                    (ResourceKind::Network, _) => "network.create",
+                    (_, Action::Create) => "container.create",
+                    (_, Action::Update) => "container.recreate",
+                    (_, Action::Delete) => "container.delete",
+                };
+                record(cx, c, action, Outcome::Error, e.clone())?;
+                failed.insert(c.name.clone(), e);
+            }
+        }
+    }
+    Ok(recreated_fronted)
+}
+
+/// Creates (or recreates) and starts one container: the image first (an
+/// error naming it when it cannot be had), the env files' values under
+/// the manifest's environment.
+async fn run_container(
+    docker: &bollard::Docker,
+    spec: &vsa_core::docker::ContainerSpec,
+    host: &str,
+    action: Action,
+) -> Result<(&'static str, String), String> {
+    vsa_live::docker::ensure_image(docker, &spec.image)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut env: BTreeMap<String, String> = BTreeMap::new();
+    for path in spec.env_files.keys() {
+        let values = vsa_live::docker::env_file_values(Path::new(path))
+            .map_err(|e| format!("env_file {path}: {e}"))?;
+        env.extend(values);
+    }
+    env.extend(spec.environment.clone());
+    let env: Vec<String> = env.into_iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let verb = if action == Action::Create {
+        "container.create"
+    } else {
+        vsa_live::docker::remove(docker, &spec.name)
+            .await
+            .map_err(|e| e.to_string())?;
+        "container.recreate"
+    };
+    vsa_live::docker::create_and_start(docker, spec, host, env)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok((verb, format!("{} running", spec.image)))
 }
 
 /// Tests and reloads nginx for certificates renewed since the last reload.

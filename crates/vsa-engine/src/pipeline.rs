@@ -19,6 +19,57 @@ pub enum PipelineError {
     Observe(#[from] vsa_live::files::ObserveError),
     #[error(transparent)]
     Render(#[from] vsa_core::render::RenderError),
+    #[error(transparent)]
+    Store(#[from] vsa_store::StoreError),
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+/// Everything on the host the plan compares with: the files, the
+/// certificates (with which ones vsa issued, when a store is open), the
+/// Docker engine and the env files of this host's stacks.
+pub async fn observe(
+    config: &Config,
+    model: &Model,
+    host: &str,
+    store: Option<&vsa_store::Store>,
+) -> Result<Observed, PipelineError> {
+    let mut observed = vsa_live::observe(&config.paths)?;
+    if let Some(store) = store {
+        observed.vsa_certs = store.issued_certs(host).await?;
+    }
+    let env_paths: Vec<&String> = model
+        .stacks_for(host)
+        .flat_map(|s| s.services.values())
+        .flat_map(|svc| svc.env_file.iter())
+        .collect();
+    observed.env_files = vsa_live::docker::env_file_digests(env_paths);
+    let endpoint = config
+        .docker
+        .endpoint
+        .as_deref()
+        .unwrap_or(vsa_live::nginx::DEFAULT_DOCKER_ENDPOINT);
+    match vsa_live::docker::connect(endpoint).await {
+        Ok(docker) => match vsa_live::docker::observe(&docker).await {
+            Ok(d) => observed.docker = Some(d),
+            Err(e) => observed.docker_error = Some(e.to_string()),
+        },
+        Err(e) => observed.docker_error = Some(e.to_string()),
+    }
+    Ok(observed)
+}
+
+/// [`observe`] from synchronous code (its own single-threaded runtime).
+pub fn observe_blocking(
+    config: &Config,
+    model: &Model,
+    host: &str,
+) -> Result<Observed, PipelineError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(PipelineError::Runtime)?
+        .block_on(observe(config, model, host, None))
 }
 
 /// How many threads parsing may use: the cores there are, at most 4.
@@ -79,7 +130,7 @@ pub fn check_host(model: &Model, host: &str) -> Result<(), PipelineError> {
 pub fn plan_host(config: &Config, repo: &Path, host: &str) -> Result<HostPlan, PipelineError> {
     let (model, warnings) = load_repo(repo)?;
     check_host(&model, host)?;
-    let observed = vsa_live::observe(&config.paths)?;
+    let observed = observe_blocking(config, &model, host)?;
     let plan = plan_with(
         config,
         &model,

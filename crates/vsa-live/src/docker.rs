@@ -133,3 +133,356 @@ pub async fn exec(
             })
         })
 }
+
+/// The networks and containers vsa looks at: every network's name, every
+/// container (running or not) with its vsa labels.
+pub async fn observe(docker: &Docker) -> Result<vsa_core::docker::ObservedDocker, DockerError> {
+    use vsa_core::docker::{LABEL_HASH, LABEL_HOST, LABEL_MANAGED, LABEL_SPEC, ObservedContainer};
+    let err = |source| DockerError::Container {
+        container: "(list)".into(),
+        source,
+    };
+    let networks = docker
+        .list_networks(None::<bollard::query_parameters::ListNetworksOptions>)
+        .await
+        .map_err(err)?
+        .into_iter()
+        .filter_map(|n| n.name)
+        .collect();
+    let list = docker
+        .list_containers(Some(bollard::query_parameters::ListContainersOptions {
+            all: true,
+            ..Default::default()
+        }))
+        .await
+        .map_err(err)?;
+    let mut containers = std::collections::BTreeMap::new();
+    for c in list {
+        let Some(name) = c
+            .names
+            .as_ref()
+            .and_then(|n| n.first())
+            .map(|n| n.trim_start_matches('/').to_owned())
+        else {
+            continue;
+        };
+        let labels = c.labels.clone().unwrap_or_default();
+        let running = matches!(
+            c.state,
+            Some(bollard::models::ContainerSummaryStateEnum::RUNNING)
+        );
+        let spec = labels.get(LABEL_SPEC).map(|s| {
+            serde_json::from_str::<serde_json::Value>(s)
+                .and_then(|v| serde_json::to_string_pretty(&v))
+                .unwrap_or_else(|_| s.clone())
+        });
+        let networks = c
+            .network_settings
+            .as_ref()
+            .and_then(|n| n.networks.as_ref())
+            .map(|n| n.keys().cloned().collect())
+            .unwrap_or_default();
+        containers.insert(
+            name.clone(),
+            ObservedContainer {
+                name,
+                managed: labels.get(LABEL_MANAGED).map(String::as_str) == Some("true"),
+                host: labels.get(LABEL_HOST).cloned(),
+                running,
+                spec_hash: labels.get(LABEL_HASH).cloned(),
+                spec,
+                networks,
+                image: c.image.clone().unwrap_or_default(),
+            },
+        );
+    }
+    Ok(vsa_core::docker::ObservedDocker {
+        networks,
+        containers,
+    })
+}
+
+/// Creates a bridge network (labelled as vsa's).
+pub async fn create_network(docker: &Docker, name: &str) -> Result<(), DockerError> {
+    docker
+        .create_network(bollard::models::NetworkCreateRequest {
+            name: name.to_owned(),
+            driver: Some("bridge".into()),
+            labels: Some(
+                [(
+                    vsa_core::docker::LABEL_MANAGED.to_owned(),
+                    "true".to_owned(),
+                )]
+                .into(),
+            ),
+            ..Default::default()
+        })
+        .await
+        .map_err(|source| DockerError::Container {
+            container: format!("network {name}"),
+            source,
+        })?;
+    Ok(())
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("image {image} is not on this host and cannot be pulled: {reason}")]
+pub struct ImageError {
+    pub image: String,
+    pub reason: String,
+}
+
+/// Makes sure `image` is on the host: pulls it when it is not (and a
+/// registry answers).
+pub async fn ensure_image(docker: &Docker, image: &str) -> Result<(), ImageError> {
+    if docker.inspect_image(image).await.is_ok() {
+        return Ok(());
+    }
+    let mut pull = docker.create_image(
+        Some(bollard::query_parameters::CreateImageOptions {
+            from_image: Some(image.to_owned()),
+            ..Default::default()
+        }),
+        None,
+        None,
+    );
+    while let Some(step) = pull.next().await {
+        if let Err(e) = step {
+            return Err(ImageError {
+                image: image.to_owned(),
+                reason: e.to_string(),
+            });
+        }
+    }
+    docker
+        .inspect_image(image)
+        .await
+        .map(|_| ())
+        .map_err(|e| ImageError {
+            image: image.to_owned(),
+            reason: e.to_string(),
+        })
+}
+
+/// `KEY=VALUE` lines of an env file (blank lines and `#` comments skipped).
+pub fn env_file_values(path: &std::path::Path) -> std::io::Result<Vec<(String, String)>> {
+    let text = std::fs::read_to_string(path)?;
+    Ok(text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .filter_map(|l| {
+            let l = l.strip_prefix("export ").unwrap_or(l);
+            l.split_once('=').map(|(k, v)| {
+                let v = v.trim();
+                let v = v
+                    .strip_prefix('"')
+                    .and_then(|v| v.strip_suffix('"'))
+                    .unwrap_or(v);
+                (k.trim().to_owned(), v.to_owned())
+            })
+        })
+        .collect())
+}
+
+/// The digests of the env files `paths` (what the spec hash includes).
+pub fn env_file_digests<'a>(
+    paths: impl IntoIterator<Item = &'a String>,
+) -> std::collections::BTreeMap<String, Result<String, String>> {
+    paths
+        .into_iter()
+        .map(|p| {
+            let r = std::fs::read(p)
+                .map(|bytes| vsa_core::docker::env_digest(&bytes))
+                .map_err(|e| e.to_string());
+            (p.clone(), r)
+        })
+        .collect()
+}
+
+fn parse_ports(ports: &[String]) -> bollard::models::PortMap {
+    let mut map: bollard::models::PortMap = std::collections::HashMap::new();
+    for p in ports {
+        let (spec, proto) = p.split_once('/').unwrap_or((p, "tcp"));
+        let parts: Vec<&str> = spec.rsplitn(3, ':').collect();
+        let (container, host_port, ip) = match parts.as_slice() {
+            [c, h, ip] => (*c, *h, Some((*ip).to_owned())),
+            [c, h] => (*c, *h, None),
+            [c] => (*c, "", None),
+            _ => continue,
+        };
+        map.entry(format!("{container}/{proto}"))
+            .or_insert_with(|| Some(Vec::new()))
+            .get_or_insert_with(Vec::new)
+            .push(bollard::models::PortBinding {
+                host_ip: ip,
+                host_port: Some(host_port.to_owned()),
+            });
+    }
+    map
+}
+
+fn restart_policy(s: &str) -> bollard::models::RestartPolicy {
+    use bollard::models::RestartPolicyNameEnum as R;
+    let (name, retries) = match s.split_once(':') {
+        Some(("on-failure", n)) => (R::ON_FAILURE, n.parse().ok()),
+        _ => (
+            match s {
+                "no" => R::NO,
+                "always" => R::ALWAYS,
+                "on-failure" => R::ON_FAILURE,
+                _ => R::UNLESS_STOPPED,
+            },
+            None,
+        ),
+    };
+    bollard::models::RestartPolicy {
+        name: Some(name),
+        maximum_retry_count: retries,
+    }
+}
+
+/// Creates the container of `spec` (on its first network, then connected to
+/// the others) with `env` (the env files' values under the manifest's),
+/// and starts it.
+pub async fn create_and_start(
+    docker: &Docker,
+    spec: &vsa_core::docker::ContainerSpec,
+    host: &str,
+    env: Vec<String>,
+) -> Result<(), DockerError> {
+    let err = |source| DockerError::Container {
+        container: spec.name.clone(),
+        source,
+    };
+    let ms_to_ns = |ms: Option<u64>| ms.map(|m| (m as i64).saturating_mul(1_000_000));
+    let body = bollard::models::ContainerCreateBody {
+        image: Some(spec.image.clone()),
+        cmd: spec.command.clone(),
+        env: Some(env),
+        labels: Some(spec.all_labels(host).into_iter().collect()),
+        healthcheck: spec
+            .healthcheck
+            .as_ref()
+            .map(|h| bollard::models::HealthConfig {
+                test: Some(h.test.clone()),
+                interval: ms_to_ns(h.interval_ms),
+                timeout: ms_to_ns(h.timeout_ms),
+                retries: h.retries.map(i64::from),
+                start_period: ms_to_ns(h.start_period_ms),
+                start_interval: None,
+            }),
+        host_config: Some(bollard::models::HostConfig {
+            binds: Some(spec.volumes.clone()),
+            port_bindings: Some(parse_ports(&spec.ports)),
+            restart_policy: Some(restart_policy(&spec.restart)),
+            network_mode: spec.networks.first().cloned(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    docker
+        .create_container(
+            Some(bollard::query_parameters::CreateContainerOptions {
+                name: Some(spec.name.clone()),
+                ..Default::default()
+            }),
+            body,
+        )
+        .await
+        .map_err(err)?;
+    for net in spec.networks.iter().skip(1) {
+        docker
+            .connect_network(
+                net,
+                bollard::models::NetworkConnectRequest {
+                    container: spec.name.clone(),
+                    endpoint_config: None,
+                },
+            )
+            .await
+            .map_err(err)?;
+    }
+    start(docker, &spec.name).await
+}
+
+pub async fn start(docker: &Docker, name: &str) -> Result<(), DockerError> {
+    docker
+        .start_container(
+            name,
+            None::<bollard::query_parameters::StartContainerOptions>,
+        )
+        .await
+        .map_err(|source| DockerError::Container {
+            container: name.to_owned(),
+            source,
+        })
+}
+
+/// Stops and removes a container; its volumes stay.
+pub async fn remove(docker: &Docker, name: &str) -> Result<(), DockerError> {
+    let _ = docker
+        .stop_container(
+            name,
+            Some(bollard::query_parameters::StopContainerOptions {
+                t: Some(10),
+                signal: None,
+            }),
+        )
+        .await;
+    docker
+        .remove_container(
+            name,
+            Some(bollard::query_parameters::RemoveContainerOptions {
+                v: false,
+                force: true,
+                link: false,
+            }),
+        )
+        .await
+        .map_err(|source| DockerError::Container {
+            container: name.to_owned(),
+            source,
+        })
+}
+
+/// Waits until a container with a healthcheck reports healthy (at most
+/// `timeout`); a container without one only has to be running.
+pub async fn wait_healthy(docker: &Docker, name: &str, timeout: Duration) -> Result<(), String> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let state = docker
+            .inspect_container(
+                name,
+                None::<bollard::query_parameters::InspectContainerOptions>,
+            )
+            .await
+            .map_err(|e| e.to_string())?
+            .state
+            .unwrap_or_default();
+        let health = state.health.as_ref().and_then(|h| h.status);
+        match health {
+            None if state.running == Some(true) => return Ok(()),
+            Some(bollard::models::HealthStatusEnum::HEALTHY) => return Ok(()),
+            Some(
+                bollard::models::HealthStatusEnum::NONE | bollard::models::HealthStatusEnum::EMPTY,
+            ) if state.running == Some(true) => {
+                return Ok(());
+            }
+            _ => {}
+        }
+        if state.running == Some(false) && state.restarting != Some(true) {
+            return Err(format!(
+                "{name} stopped (exit code {})",
+                state.exit_code.unwrap_or_default()
+            ));
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(format!(
+                "{name} is not healthy after {} s ({health:?})",
+                timeout.as_secs()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

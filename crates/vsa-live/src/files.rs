@@ -19,7 +19,8 @@ type Result<T, E = ObserveError> = std::result::Result<T, E>;
 
 /// Reads what is on the host now. A missing directory is simply empty:
 /// on a fresh host nothing exists yet. `vsa_certs` (which certificates vsa
-/// issued) is the state store's to fill in.
+/// issued) is the state store's to fill in, `docker` and `env_files` the
+/// Docker adapter's (`observe_docker`).
 pub fn observe(paths: &Paths) -> Result<Observed> {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -40,6 +41,9 @@ pub fn observe(paths: &Paths) -> Result<Observed> {
         cert_info,
         vsa_certs: BTreeSet::new(),
         now,
+        docker: None,
+        docker_error: None,
+        env_files: BTreeMap::new(),
     })
 }
 

@@ -135,7 +135,7 @@ pub fn apply(
     let commit = vsa_live::git::head_commit(&ctx.repo);
 
     if dry_run {
-        let observed = vsa_live::observe(&ctx.config.paths)?;
+        let observed = pipeline::observe_blocking(&ctx.config, &model, &host)?;
         let plan = pipeline::plan_with(&ctx.config, &model, &host, &observed, commit)?;
         print_plan(&plan, format)?;
         if format == Format::Text && !plan.changes.is_empty() {
@@ -155,7 +155,7 @@ pub fn apply(
         return Ok(ExitCode::from(2));
     }
     let _lock = vsa_engine::HostLock::acquire(&ctx.config.paths.state, lock_timeout)?;
-    let observed = vsa_live::observe(&ctx.config.paths)?;
+    let observed = pipeline::observe_blocking(&ctx.config, &model, &host)?;
     let plan = pipeline::plan_with(&ctx.config, &model, &host, &observed, commit.clone())?;
     if plan.changes.is_empty() {
         print_plan(&plan, format)?;
@@ -273,7 +273,7 @@ pub fn status(global: &crate::cli::Global, env: &Env, format: Format) -> Result<
         Err(code) => return Ok(code),
     };
     let commit = vsa_live::git::head_commit(&ctx.repo);
-    let observed = vsa_live::observe(&ctx.config.paths)?;
+    let observed = pipeline::observe_blocking(&ctx.config, &model, &host)?;
     let plan = pipeline::plan_with(&ctx.config, &model, &host, &observed, commit.clone())?;
     // Read the store only if an apply ever made it: status writes nothing.
     let (facts, recorded) = if ctx.config.paths.state.join(vsa_store::DB_FILE).exists() {

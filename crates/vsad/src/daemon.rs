@@ -365,10 +365,10 @@ impl Daemon {
         let config = self.config.clone();
         let renderer = self.renderer.clone();
         let host = self.host.clone();
+        let observed = pipeline::observe(&config, &model, &host, Some(&self.store)).await?;
         let plan = {
             let (model, commit) = (model.clone(), commit.clone());
             tokio::task::spawn_blocking(move || -> Result<Plan> {
-                let observed = vsa_live::observe(&config.paths)?;
                 Ok(vsa_core::plan(&model, &host, &observed, &renderer, commit)?)
             })
             .await??

@@ -1,0 +1,305 @@
+//! Stacks against a real Docker engine, behind the production proxy
+//! topology (nginx in a container on the shared network, `nginx -t` and
+//! reload through `docker exec`).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use vsa_tests::docker::{BUSYBOX, Cleanup, NGINX, docker, docker_output, require_docker, unique};
+use vsa_tests::host::{audit_lines_in, vsactl_child_in, vsactl_in};
+use vsa_tests::{free_port, http_get_until};
+
+/// Entry point for `vsactl_child_in`; does nothing in a normal run.
+#[test]
+#[ignore = "entered only as a child process by the other tests"]
+fn child_vsactl() {
+    vsa_tests::host::child_main();
+}
+
+/// A host whose proxy is a container on its own network.
+struct Proxied {
+    cleanup: Cleanup,
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    repo: PathBuf,
+    config: PathBuf,
+    net: String,
+    port: u16,
+}
+
+impl Proxied {
+    fn new() -> Proxied {
+        let mut cleanup = Cleanup::default();
+        let (dir, root, repo) = vsa_tests::test_repo();
+        let net = unique("net");
+        let proxy = unique("proxy");
+        let port = free_port();
+        cleanup.create_network(&net);
+        let dirs = ["conf.d", "htpasswd", "logs"].map(|d| root.join("host").join(d));
+        for d in &dirs {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        let mount = |host: &Path, inside: &str| format!("{}:{inside}", host.display());
+        cleanup.run(
+            &proxy,
+            &[
+                "--network",
+                &net,
+                "-p",
+                &format!("127.0.0.1:{port}:80"),
+                "-v",
+                &mount(&dirs[0], "/etc/nginx/conf.d"),
+                "-v",
+                &mount(&dirs[1], "/etc/nginx/htpasswd"),
+                "-v",
+                &mount(&dirs[2], "/var/log/nginx/domains"),
+                NGINX,
+            ],
+        );
+        let config = root.join("vsa.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "host: test-01\nrepo: {{ path: repo }}\n\
+                 paths:\n  vhosts: host/conf.d\n  htpasswd: host/htpasswd\n  access_logs: host/logs\n\
+                 nginx:\n  container: {proxy}\n  group: www-data\n  ipv6: false\n\
+                 \x20 paths:\n    htpasswd: /etc/nginx/htpasswd\n    access_logs: /var/log/nginx/domains\n\
+                 docker:\n  network: {net}\n"
+            ),
+        )
+        .unwrap();
+        Proxied {
+            cleanup,
+            _dir: dir,
+            root,
+            repo,
+            config,
+            net,
+            port,
+        }
+    }
+
+    fn write(&self, rel: &str, text: &str) {
+        let p = self.repo.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+
+    fn apply(&self) -> ExitCode {
+        vsactl_in(&self.root, &self.config, &["apply", "--yes"])
+    }
+
+    fn get(&self, host: &str, want: &str) -> String {
+        http_get_until(self.port, host, "/", &[], |r| r.body.contains(want)).body
+    }
+
+    fn inspect(&self, container: &str, format: &str) -> String {
+        docker(&["inspect", "--format", format, container])
+    }
+}
+
+/// A busybox web server that answers with `hello $GREETING`, healthchecked.
+fn web_stack(name: &str, greeting: &str, env_file: &Path, volume: &str) -> String {
+    format!(
+        r#"apiVersion: vsa/v1
+kind: Stack
+name: {name}
+host: test-01
+services:
+  web:
+    image: {BUSYBOX}
+    command: ["sh", "-c", "trap 'exit 0' TERM; mkdir -p /www && echo \"hello $GREETING\" > /www/index.html && busybox httpd -f -p 8080 -h /www & wait"]
+    environment: {{ GREETING: {greeting} }}
+    env_file: {env}
+    volumes: ["{volume}:/data"]
+    healthcheck:
+      test: ["CMD", "wget", "-qO-", "http://127.0.0.1:8080/"]
+      interval: 1s
+"#,
+        env = env_file.display()
+    )
+}
+
+#[test]
+fn a_stack_and_its_site_converge_behind_the_proxy_container() {
+    if !require_docker() {
+        return;
+    }
+    let mut h = Proxied::new();
+    let stack = unique("shop");
+    let web = format!("{stack}-web");
+    let volume = unique("data");
+    h.cleanup.container(&web);
+    let env_file = h.root.join("web.env");
+    std::fs::write(&env_file, "# secrets\nAPI_KEY=s3cret-value-123\n").unwrap();
+    h.write(
+        "stacks/shop.yaml",
+        &web_stack(&stack, "one", &env_file, &volume),
+    );
+    h.write(
+        "sites/app.vsa.test.yaml",
+        &format!(
+            "apiVersion: vsa/v1\nkind: Site\nhost: test-01\ndomain: app.vsa.test\ntls: none\nupstream: {{ container: {web}, port: 8080 }}\n"
+        ),
+    );
+    // Someone's own container on the same network: never touched.
+    let theirs = unique("theirs");
+    h.cleanup
+        .run(&theirs, &["--network", &h.net, BUSYBOX, "sleep", "600"]);
+
+    assert_eq!(h.apply(), ExitCode::SUCCESS);
+    assert_eq!(h.get("app.vsa.test", "hello one"), "hello one\n");
+    // Labels: vsa's, and Compose's so the usual tools group it.
+    let labels = h.inspect(&web, "{{json .Config.Labels}}");
+    let labels: serde_json::Value = serde_json::from_str(&labels).unwrap();
+    assert_eq!(labels["vsa.managed"], "true");
+    assert_eq!(labels["vsa.stack"], stack.as_str());
+    assert_eq!(labels["com.docker.compose.project"], stack.as_str());
+    assert_eq!(labels["com.docker.compose.service"], "web");
+    assert_eq!(labels["vsa.spec-hash"].as_str().unwrap().len(), 64);
+    assert_eq!(
+        h.inspect(&web, "{{.HostConfig.RestartPolicy.Name}}"),
+        "unless-stopped"
+    );
+    assert_eq!(h.inspect(&web, "{{.State.Health.Status}}"), "healthy");
+    // The env file's value reached the container, and nothing else.
+    assert!(
+        h.inspect(&web, "{{json .Config.Env}}")
+            .contains("API_KEY=s3cret-value-123")
+    );
+    let plan = vsactl_child_in(&h.root, &h.config, &["diff", "--format", "json"], &[]);
+    assert!(!String::from_utf8_lossy(&plan.stdout).contains("s3cret"));
+    assert!(
+        audit_lines_in(&h.root)
+            .iter()
+            .all(|e| !e.to_string().contains("s3cret"))
+    );
+
+    // A second apply changes nothing: same container, no restart.
+    let id = h.inspect(&web, "{{.Id}} {{.State.StartedAt}}");
+    let events = audit_lines_in(&h.root).len();
+    assert_eq!(h.apply(), ExitCode::SUCCESS);
+    assert_eq!(h.inspect(&web, "{{.Id}} {{.State.StartedAt}}"), id);
+    assert_eq!(audit_lines_in(&h.root).len(), events);
+
+    // A changed environment: planned with a field-level diff, recreated,
+    // and nginx routes to the new container at once.
+    h.write(
+        "stacks/shop.yaml",
+        &web_stack(&stack, "two", &env_file, &volume),
+    );
+    let out = vsactl_child_in(&h.root, &h.config, &["diff", "--format", "json"], &[]);
+    let plan: serde_json::Value = vsa_tests::host::child_json(&out.stdout);
+    let change = plan["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["kind"] == "container")
+        .unwrap()
+        .clone();
+    assert_eq!(change["action"], "update", "{plan}");
+    let diff = change["diff"].as_str().unwrap();
+    assert!(
+        diff.contains("-    \"GREETING\": \"one\"") && diff.contains("+    \"GREETING\": \"two\""),
+        "{diff}"
+    );
+    assert_eq!(h.apply(), ExitCode::SUCCESS);
+    assert_ne!(h.inspect(&web, "{{.Id}}"), id.split(' ').next().unwrap());
+    assert_eq!(h.get("app.vsa.test", "hello two"), "hello two\n");
+
+    // A changed env file is a change too (by digest, never by value).
+    std::fs::write(&env_file, "API_KEY=rotated-456\n").unwrap();
+    assert_eq!(h.apply(), ExitCode::SUCCESS);
+    assert!(
+        h.inspect(&web, "{{json .Config.Env}}")
+            .contains("API_KEY=rotated-456")
+    );
+
+    // Drift: a stopped managed container is started again.
+    docker(&["stop", "-t", "1", &web]);
+    assert_eq!(h.apply(), ExitCode::SUCCESS);
+    assert_eq!(h.inspect(&web, "{{.State.Running}}"), "true");
+    assert!(
+        audit_lines_in(&h.root)
+            .iter()
+            .any(|e| e["action"] == "container.start" && e["target"] == web.as_str())
+    );
+
+    // Removed from the repository: the container goes, its volume stays,
+    // the unmanaged container was never touched.
+    std::fs::remove_file(h.repo.join("stacks/shop.yaml")).unwrap();
+    std::fs::remove_file(h.repo.join("sites/app.vsa.test.yaml")).unwrap();
+    assert_eq!(h.apply(), ExitCode::SUCCESS);
+    assert!(!docker_output(&["inspect", &web]).status.success());
+    assert!(
+        docker_output(&["volume", "inspect", &volume])
+            .status
+            .success()
+    );
+    let _ = docker_output(&["volume", "rm", &volume]);
+    assert_eq!(h.inspect(&theirs, "{{.State.Running}}"), "true");
+}
+
+#[test]
+fn a_missing_image_fails_its_stack_alone_and_a_missing_env_file_blocks_it() {
+    if !require_docker() {
+        return;
+    }
+    let mut h = Proxied::new();
+    let good = unique("good");
+    let bad = unique("bad");
+    let blocked = unique("blocked");
+    for s in [&good, &bad, &blocked] {
+        h.cleanup.container(&format!("{s}-web"));
+    }
+    let env_file = h.root.join("web.env");
+    std::fs::write(&env_file, "A=1\n").unwrap();
+    h.write(
+        "stacks/good.yaml",
+        &web_stack(&good, "good", &env_file, &unique("vol")),
+    );
+    // A registry on loopback that is not there: the image cannot be had.
+    h.write(
+        "stacks/bad.yaml",
+        &format!(
+            "apiVersion: vsa/v1\nkind: Stack\nname: {bad}\nhost: test-01\nservices:\n  web:\n    image: localhost:1/vsa-test/missing:1\n"
+        ),
+    );
+    h.write(
+        "stacks/blocked.yaml",
+        &web_stack(
+            &blocked,
+            "x",
+            Path::new("/nonexistent/vsa/web.env"),
+            &unique("vol"),
+        ),
+    );
+    h.write(
+        "sites/good.vsa.test.yaml",
+        &format!(
+            "apiVersion: vsa/v1\nkind: Site\nhost: test-01\ndomain: good.vsa.test\ntls: none\nupstream: {{ container: {good}-web, port: 8080 }}\n"
+        ),
+    );
+    let out = vsactl_child_in(&h.root, &h.config, &["apply", "--yes"], &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("localhost:1/vsa-test/missing:1"),
+        "names the image: {stderr}"
+    );
+    assert!(
+        stderr.contains("/nonexistent/vsa/web.env"),
+        "names the env file: {stderr}"
+    );
+    assert_eq!(h.get("good.vsa.test", "hello good"), "hello good\n");
+    assert!(
+        !docker_output(&["inspect", &format!("{blocked}-web")])
+            .status
+            .success()
+    );
+    assert!(
+        !docker_output(&["inspect", &format!("{bad}-web")])
+            .status
+            .success()
+    );
+}
