@@ -157,6 +157,9 @@ pub enum Command {
         #[arg(long)]
         tls: bool,
     },
+    /// Work with stack manifests
+    #[command(subcommand)]
+    Stack(StackCommand),
     /// Print the JSON Schema of the manifests, for editor completion
     ///
     /// For example, with the YAML language server:
@@ -171,6 +174,29 @@ pub enum Command {
         /// bcrypt cost (4-31); each step doubles the work
         #[arg(long, default_value_t = 12, value_parser = clap::value_parser!(u32).range(4..=31))]
         cost: u32,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StackCommand {
+    /// Scaffold stacks/NAME.yaml in the repository: one service, ready to edit
+    ///
+    /// The container will be named NAME-app. Validate with `vsactl validate`,
+    /// review with `vsactl diff`. Reusable stacks of the product (reverse
+    /// proxy, dashboard, observability) are in the `stacks/` directory of
+    /// vsa's source.
+    New {
+        /// The stack's name (a-z, 0-9, `-`, `_`, `.`; starts with a letter or digit)
+        name: String,
+        /// The fleet host it runs on [default: `host` of the configuration]
+        #[arg(long = "on", value_name = "HOST")]
+        on: Option<String>,
+        /// The image of its service
+        #[arg(long, default_value = "nginx:1.27-alpine")]
+        image: String,
+        /// The port the service listens on (for the site that points at it)
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
     },
 }
 

@@ -49,6 +49,12 @@ pub fn run(cli: Cli, env: &Env) -> ExitCode {
         Command::Render { site, tls } => render(&cli, env, site, *tls),
         Command::Schema => schema(),
         Command::HashPassword { cost } => hash_password(*cost),
+        Command::Stack(crate::cli::StackCommand::New {
+            name,
+            on,
+            image,
+            port,
+        }) => stack_new(&cli, env, name, on.as_deref(), image, *port),
     };
     match result {
         Ok(code) => code,
@@ -260,6 +266,58 @@ fn schema() -> Result<ExitCode> {
         "{}",
         serde_json::to_string_pretty(&vsa_core::schema::manifest_schema())?
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `vsactl stack new`: writes a one-service stack manifest, refusing to
+/// overwrite anything.
+fn stack_new(
+    cli: &Cli,
+    env: &Env,
+    name: &str,
+    on: Option<&str>,
+    image: &str,
+    port: u16,
+) -> Result<ExitCode> {
+    let ctx = Context::load(&cli.global, env)?;
+    let invalid = |msg: String| {
+        eprintln!("{ERR}error:{ERR:#} {msg}");
+        Ok(ExitCode::from(2))
+    };
+    if let Err(e) = vsa_core::names::identifier(name) {
+        return invalid(format!("stack name `{name}`: {e}"));
+    }
+    if let Err(e) = vsa_core::names::image_ref(image) {
+        return invalid(format!("--image `{image}`: {e}"));
+    }
+    let host = match on
+        .map(str::to_owned)
+        .or_else(|| ctx.host().ok().map(str::to_owned))
+    {
+        Some(h) => h,
+        None => {
+            return invalid("no host: pass --on HOST or set `host:` in the configuration".into());
+        }
+    };
+    let dir = ctx.repo.join("stacks");
+    let path = dir.join(format!("{name}.yaml"));
+    if path.exists() {
+        return invalid(format!(
+            "{} already exists; nothing written",
+            path.display()
+        ));
+    }
+    let text = format!(
+        "# The stack `{name}`: containers are named {name}-<service>, on the shared\n         # network (docker.network). Fields as in the Compose specification.\n         apiVersion: vsa/v1\n         kind: Stack\n         name: {name}\n         host: {host}\n         services:\n         \x20 app:\n         \x20   image: {image}\n         \x20   environment: {{}}\n         \x20   # env_file: /srv/{name}/env/.env     # secrets: read on the host, never in git\n         \x20   # volumes: [\"{name}_data:/data\"]\n         \x20   # restart: unless-stopped           # the default\n         \n         # A site in front of it (sites/<domain>.yaml):\n         #   upstream: {{ container: {name}-app, port: {port} }}\n"
+    );
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .and_then(|mut f| f.write_all(text.as_bytes()))
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    println!("{}", path.display());
     Ok(ExitCode::SUCCESS)
 }
 

@@ -677,3 +677,56 @@ fn certs_lists_status_days_issuer_and_sites_without_one() {
             .any(|l| l.starts_with("tls.example.com") && l.contains("missing"))
     );
 }
+
+#[test]
+fn stack_new_scaffolds_a_valid_stack_and_never_overwrites() {
+    let sb = Sandbox::new();
+    let o = sb.vsactl(&[
+        "stack", "new", "blog", "--image", "ghost:5", "--port", "2368",
+    ]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let path = sb.repo.join("stacks/blog.yaml");
+    assert_eq!(stdout(&o).trim(), path.display().to_string());
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        text.contains("host: vps-01") && text.contains("image: ghost:5"),
+        "{text}"
+    );
+    assert!(text.contains("container: blog-app, port: 2368"), "{text}");
+    let o = sb.vsactl(&["validate"]);
+    assert_eq!(code(&o), 0, "the scaffold validates: {}", stderr(&o));
+
+    let o = sb.vsactl(&["stack", "new", "blog"]);
+    assert_eq!(code(&o), 2);
+    assert!(stderr(&o).contains("already exists"), "{}", stderr(&o));
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
+    let o = sb.vsactl(&["stack", "new", "Bad_Name"]);
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    assert!(!sb.repo.join("stacks/Bad_Name.yaml").exists());
+}
+
+#[test]
+fn the_bundled_reusable_stacks_validate() {
+    let sb = Sandbox::new();
+    let bundled = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../stacks");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&bundled).unwrap() {
+        let dir = entry.unwrap().path();
+        let manifest = dir.join("stack.yaml");
+        if !manifest.is_file() {
+            continue;
+        }
+        assert!(
+            dir.join("README.md").is_file(),
+            "{} has a README",
+            dir.display()
+        );
+        let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+        std::fs::create_dir_all(sb.repo.join("stacks")).unwrap();
+        std::fs::copy(&manifest, sb.repo.join(format!("stacks/{name}.yaml"))).unwrap();
+        n += 1;
+    }
+    assert!(n >= 3, "reverse-proxy, dashboard, observability");
+    let o = sb.vsactl(&["validate"]);
+    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
+}
