@@ -314,3 +314,143 @@ proptest! {
         prop_assert!(last.in_sync(), "{:#?}", last.changes);
     }
 }
+
+/// A host with one stack (`shop`: `web` and `db`) and two sites in front of
+/// `shop-web`.
+fn stack_model(env_order: &str) -> Model {
+    let files = vec![
+        SourceFile {
+            path: "fleet.yaml".into(),
+            text: FLEET.into(),
+        },
+        SourceFile {
+            path: "stacks/shop.yaml".into(),
+            text: format!(
+                "apiVersion: vsa/v1\nkind: Stack\nname: shop\nhost: vps-01\nservices:\n  web:\n    image: shop:1\n    environment: {env_order}\n    depends_on: [db]\n  db:\n    image: postgres:16\n"
+            ),
+        },
+        SourceFile {
+            path: "sites/a.yaml".into(),
+            text: "apiVersion: vsa/v1\nkind: Site\nhost: vps-01\ndomain: a.example.com\nupstream: { container: shop-web, port: 8080 }\n".into(),
+        },
+        SourceFile {
+            path: "sites/b.yaml".into(),
+            text: "apiVersion: vsa/v1\nkind: Site\nhost: vps-01\ndomain: b.example.com\nupstream: { container: shop-web, port: 8080 }\n".into(),
+        },
+    ];
+    let loaded = vsa_core::load(&files);
+    assert!(loaded.errors().next().is_none());
+    loaded.model.unwrap()
+}
+
+#[test]
+fn containers_are_planned_by_spec_hash_and_a_shared_one_says_so() {
+    use vsa_core::docker::{ContainerSpec, ObservedContainer, ObservedDocker};
+    use vsa_core::plan::Action;
+    let r = renderer();
+    let m = stack_model("{ A: \"1\", B: \"2\" }");
+    let mut o = Observed {
+        docker: Some(ObservedDocker::default()),
+        ..Observed::default()
+    };
+    let p = vsa_core::plan(&m, "vps-01", &o, &r, None).unwrap();
+    let containers: Vec<_> = p
+        .changes
+        .iter()
+        .filter(|c| c.kind == ResourceKind::Container)
+        .collect();
+    assert_eq!(containers.len(), 2);
+    let web = containers.iter().find(|c| c.name == "shop-web").unwrap();
+    assert_eq!(web.action, Action::Create);
+    assert!(
+        web.reason
+            .contains("shared by sites a.example.com, b.example.com"),
+        "{}",
+        web.reason
+    );
+    assert!(
+        p.changes
+            .iter()
+            .any(|c| c.kind == ResourceKind::Network && c.name == "flowbiz_ext")
+    );
+
+    // Running as specified: nothing to do, whatever order the env was
+    // written in.
+    let stack = &m.stacks[0];
+    let network = "flowbiz_ext";
+    let observed_for = |model: &Model| -> ObservedDocker {
+        let st = &model.stacks[0];
+        let mut d = ObservedDocker::default();
+        d.networks.insert(network.into());
+        for (name, svc) in &st.services {
+            let spec = ContainerSpec::new(st, name, svc, network, &Default::default());
+            d.containers.insert(
+                spec.name.clone(),
+                ObservedContainer {
+                    name: spec.name.clone(),
+                    managed: true,
+                    host: Some("vps-01".into()),
+                    running: true,
+                    spec_hash: Some(spec.hash()),
+                    spec: Some(spec.to_json()),
+                    networks: vec![network.into()],
+                    image: spec.image.clone(),
+                },
+            );
+        }
+        d
+    };
+    o.docker = Some(observed_for(&m));
+    let reordered = stack_model("{ B: \"2\", A: \"1\" }");
+    assert_eq!(
+        ContainerSpec::new(
+            stack,
+            "web",
+            &stack.services["web"],
+            network,
+            &Default::default()
+        )
+        .hash(),
+        ContainerSpec::new(
+            &reordered.stacks[0],
+            "web",
+            &reordered.stacks[0].services["web"],
+            network,
+            &Default::default()
+        )
+        .hash()
+    );
+    let p = vsa_core::plan(&reordered, "vps-01", &o, &r, None).unwrap();
+    assert!(
+        !p.changes.iter().any(|c| c.kind == ResourceKind::Container),
+        "{:#?}",
+        p.changes
+    );
+
+    // One value changed: exactly that container, with a field-level diff.
+    let changed = stack_model("{ A: \"1\", B: \"3\" }");
+    let p = vsa_core::plan(&changed, "vps-01", &o, &r, None).unwrap();
+    let c: Vec<_> = p
+        .changes
+        .iter()
+        .filter(|c| c.kind == ResourceKind::Container)
+        .collect();
+    assert_eq!(c.len(), 1, "{c:#?}");
+    assert_eq!(
+        (c[0].name.as_str(), c[0].action),
+        ("shop-web", Action::Update)
+    );
+    let diff = c[0].diff.as_deref().unwrap();
+    assert!(
+        diff.contains("-    \"B\": \"2\"") && diff.contains("+    \"B\": \"3\""),
+        "{diff}"
+    );
+
+    // An unmanaged container in the way is a conflict, never a change.
+    let mut d = observed_for(&m);
+    d.containers.get_mut("shop-db").unwrap().managed = false;
+    o.docker = Some(d);
+    let p = vsa_core::plan(&m, "vps-01", &o, &r, None).unwrap();
+    assert!(p.conflicts.iter().any(|c| c.name == "shop-db"));
+    assert!(!p.changes.iter().any(|c| c.name == "shop-db"));
+}

@@ -51,6 +51,8 @@ pub struct ApplyOptions {
     /// Resources (by name) not to touch this time: the daemon's backoff
     /// after a failure. Their changes stay in the remaining plan.
     pub hold: BTreeSet<String>,
+    /// Show image pulls as they go (stderr is a terminal).
+    pub progress: bool,
 }
 
 impl Default for ApplyOptions {
@@ -59,6 +61,7 @@ impl Default for ApplyOptions {
             max_passes: 4,
             abort_after_writes: None,
             hold: BTreeSet::new(),
+            progress: false,
         }
     }
 }
@@ -690,7 +693,8 @@ async fn docker_step(
                                 .map(|()| ("container.start", "started".to_owned()))
                                 .map_err(|e| e.to_string())
                         } else {
-                            run_container(&docker, &spec, cx.host, action).await
+                            run_container(&docker, &spec, cx.host, action, cx.options.progress)
+                                .await
                         };
                         match r {
                             Ok(ok) if spec.healthcheck.is_some() => {
@@ -741,8 +745,9 @@ async fn run_container(
     spec: &vsa_core::docker::ContainerSpec,
     host: &str,
     action: Action,
+    progress: bool,
 ) -> Result<(&'static str, String), String> {
-    vsa_live::docker::ensure_image(docker, &spec.image)
+    vsa_live::docker::ensure_image(docker, &spec.image, progress)
         .await
         .map_err(|e| e.to_string())?;
     let mut env: BTreeMap<String, String> = BTreeMap::new();

@@ -233,8 +233,9 @@ pub struct ImageError {
 }
 
 /// Makes sure `image` is on the host: pulls it when it is not (and a
-/// registry answers).
-pub async fn ensure_image(docker: &Docker, image: &str) -> Result<(), ImageError> {
+/// registry answers), showing the pull's progress on stderr when
+/// `progress` (a terminal).
+pub async fn ensure_image(docker: &Docker, image: &str, progress: bool) -> Result<(), ImageError> {
     if docker.inspect_image(image).await.is_ok() {
         return Ok(());
     }
@@ -247,11 +248,30 @@ pub async fn ensure_image(docker: &Docker, image: &str) -> Result<(), ImageError
         None,
     );
     while let Some(step) = pull.next().await {
-        if let Err(e) = step {
-            return Err(ImageError {
-                image: image.to_owned(),
-                reason: e.to_string(),
-            });
+        match step {
+            Err(e) => {
+                return Err(ImageError {
+                    image: image.to_owned(),
+                    reason: e.to_string(),
+                });
+            }
+            Ok(info) if progress => {
+                let done = info
+                    .progress_detail
+                    .as_ref()
+                    .and_then(|d| Some((d.current?, d.total?)))
+                    .filter(|(_, total)| *total > 0)
+                    .map(|(cur, total)| format!(" {}%", cur * 100 / total))
+                    .unwrap_or_default();
+                let parts: Vec<&str> = [info.id.as_deref(), info.status.as_deref()]
+                    .into_iter()
+                    .flatten()
+                    .collect();
+                if !parts.is_empty() {
+                    eprintln!("  pull {image}: {}{done}", parts.join(" "));
+                }
+            }
+            Ok(_) => {}
         }
     }
     docker

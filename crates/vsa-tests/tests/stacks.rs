@@ -115,6 +115,10 @@ services:
     healthcheck:
       test: ["CMD", "wget", "-qO-", "http://127.0.0.1:8080/"]
       interval: 1s
+    depends_on: [worker]
+  worker:
+    image: {BUSYBOX}
+    command: ["sh", "-c", "trap 'exit 0' TERM; sleep 3600 & wait"]
 "#,
         env = env_file.display()
     )
@@ -142,12 +146,45 @@ fn a_stack_and_its_site_converge_behind_the_proxy_container() {
             "apiVersion: vsa/v1\nkind: Site\nhost: test-01\ndomain: app.vsa.test\ntls: none\nupstream: {{ container: {web}, port: 8080 }}\n"
         ),
     );
+    let worker = format!("{stack}-worker");
+    h.cleanup.container(&worker);
     // Someone's own container on the same network: never touched.
     let theirs = unique("theirs");
     h.cleanup
         .run(&theirs, &["--network", &h.net, BUSYBOX, "sleep", "600"]);
 
+    // --dry-run creates, starts and removes nothing.
+    // (This test's containers only: other tests run beside it.)
+    let filter = format!("name={stack}");
+    let ps = || {
+        docker(&[
+            "ps",
+            "-a",
+            "--filter",
+            &filter,
+            "--format",
+            "{{.Names}} {{.State}}",
+        ])
+    };
+    let before = ps();
+    let out = vsactl_child_in(&h.root, &h.config, &["apply", "--dry-run"], &[]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        shown.contains(&format!("create and start container {web}")),
+        "{shown}"
+    );
+    assert_eq!(ps(), before);
+
     assert_eq!(h.apply(), ExitCode::SUCCESS);
+    // depends_on: the worker started first.
+    let started = |c: &str| h.inspect(c, "{{.State.StartedAt}}");
+    assert!(started(&worker) <= started(&web));
     assert_eq!(h.get("app.vsa.test", "hello one"), "hello one\n");
     // Labels: vsa's, and Compose's so the usual tools group it.
     let labels = h.inspect(&web, "{{json .Config.Labels}}");
@@ -177,6 +214,7 @@ fn a_stack_and_its_site_converge_behind_the_proxy_container() {
 
     // A second apply changes nothing: same container, no restart.
     let id = h.inspect(&web, "{{.Id}} {{.State.StartedAt}}");
+    let worker_id = h.inspect(&worker, "{{.Id}} {{.State.StartedAt}}");
     let events = audit_lines_in(&h.root).len();
     assert_eq!(h.apply(), ExitCode::SUCCESS);
     assert_eq!(h.inspect(&web, "{{.Id}} {{.State.StartedAt}}"), id);
@@ -205,6 +243,11 @@ fn a_stack_and_its_site_converge_behind_the_proxy_container() {
     );
     assert_eq!(h.apply(), ExitCode::SUCCESS);
     assert_ne!(h.inspect(&web, "{{.Id}}"), id.split(' ').next().unwrap());
+    assert_eq!(
+        h.inspect(&worker, "{{.Id}} {{.State.StartedAt}}"),
+        worker_id,
+        "exactly the changed container is recreated"
+    );
     assert_eq!(h.get("app.vsa.test", "hello two"), "hello two\n");
 
     // A changed env file is a change too (by digest, never by value).
@@ -231,6 +274,7 @@ fn a_stack_and_its_site_converge_behind_the_proxy_container() {
     std::fs::remove_file(h.repo.join("sites/app.vsa.test.yaml")).unwrap();
     assert_eq!(h.apply(), ExitCode::SUCCESS);
     assert!(!docker_output(&["inspect", &web]).status.success());
+    assert!(!docker_output(&["inspect", &worker]).status.success());
     assert!(
         docker_output(&["volume", "inspect", &volume])
             .status

@@ -77,6 +77,46 @@ fn steps(ctx: &Context, plan: &Plan) -> Vec<String> {
     let mut out = Vec::new();
     let mut config_changes = false;
     for c in &plan.changes {
+        let image = || {
+            c.content
+                .as_deref()
+                .and_then(|j| serde_json::from_str::<vsa_core::docker::ContainerSpec>(j).ok())
+                .map(|s| s.image)
+                .unwrap_or_default()
+        };
+        let live = p.letsencrypt.join("live").join(&c.name);
+        let docker_or_cert = match (c.kind, c.action) {
+            (ResourceKind::Network, _) => Some(format!("create network {}", c.name)),
+            (ResourceKind::Container, Action::Create) => Some(format!(
+                "pull   {} (if missing); create and start container {}",
+                image(),
+                c.name
+            )),
+            (ResourceKind::Container, Action::Update) if c.reason.starts_with("stopped") => {
+                Some(format!("start  container {}", c.name))
+            }
+            (ResourceKind::Container, Action::Update) => Some(format!(
+                "pull   {} (if missing); recreate container {}",
+                image(),
+                c.name
+            )),
+            (ResourceKind::Container, Action::Delete) => {
+                Some(format!("remove container {} (volumes kept)", c.name))
+            }
+            (ResourceKind::Cert, Action::Delete) => Some(format!("delete {}", live.display())),
+            (ResourceKind::Cert, _) => Some(format!(
+                "order  a certificate for {} from {} (HTTP-01 via {}); write {}/privkey.pem (0600) and fullchain.pem",
+                c.name,
+                ctx.config.acme.directory,
+                p.webroot.display(),
+                live.display()
+            )),
+            _ => None,
+        };
+        if let Some(step) = docker_or_cert {
+            out.push(step);
+            continue;
+        }
         let file = c.file.as_deref().unwrap_or(&c.name);
         let (dir, mode) = vsa_engine::apply::file_target(p, c.kind)
             .map_or((p.state.as_path(), String::new()), |(d, m)| {
@@ -191,6 +231,7 @@ pub fn apply(
             store: Some(&store),
             options: ApplyOptions {
                 abort_after_writes: env.abort_after_writes,
+                progress: std::io::stderr().is_terminal(),
                 ..ApplyOptions::default()
             },
         };
