@@ -309,7 +309,18 @@ pub fn http_get_until(
 ) -> Response {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let r = http_get(port, host, path, extra_headers);
+        // A short read timeout: a request that an old worker accepted just
+        // before a reload may hang there (e.g. resolving a container name
+        // the new config no longer has); the next try reaches a new worker.
+        let r = request(
+            port,
+            "GET",
+            host,
+            path,
+            extra_headers,
+            b"",
+            Duration::from_secs(2),
+        );
         if done(&r) || Instant::now() >= deadline {
             return r;
         }
@@ -333,9 +344,29 @@ pub fn http_request(
     extra_headers: &[(&str, &str)],
     body: &[u8],
 ) -> Response {
+    request(
+        port,
+        method,
+        host,
+        path,
+        extra_headers,
+        body,
+        Duration::from_secs(10),
+    )
+}
+
+fn request(
+    port: u16,
+    method: &str,
+    host: &str,
+    path: &str,
+    extra_headers: &[(&str, &str)],
+    body: &[u8],
+    timeout: Duration,
+) -> Response {
     let exchange = || -> std::io::Result<Vec<u8>> {
         let mut s = TcpStream::connect(("127.0.0.1", port))?;
-        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        s.set_read_timeout(Some(timeout))?;
         let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
         for (k, v) in extra_headers {
             req.push_str(&format!("{k}: {v}\r\n"));

@@ -186,7 +186,14 @@ fn apply_always_leaves_an_empty_plan() {
             h.nginx.test().map_err(TestCaseError::fail)?;
             for name in &open {
                 let r = http_get_until(h.http_port, name, "/p", &[], |r| r.status == 200);
-                prop_assert_eq!(r.status, 200, "{} not served", name);
+                prop_assert_eq!(
+                    r.status,
+                    200,
+                    "{} not served: {:?}\nnginx error log:\n{}",
+                    name,
+                    r,
+                    h.nginx.error_log()
+                );
             }
         }
         // A second apply of the last state writes, reloads and audits nothing.

@@ -241,8 +241,19 @@ fn a_stack_and_its_site_converge_behind_the_proxy_container() {
         diff.contains("-    \"GREETING\": \"one\"") && diff.contains("+    \"GREETING\": \"two\""),
         "{diff}"
     );
+    let reloads = || {
+        audit_lines_in(&h.root)
+            .iter()
+            .filter(|e| e["action"] == "nginx.reload")
+            .count()
+    };
+    let before = reloads();
     assert_eq!(h.apply(), ExitCode::SUCCESS);
     assert_ne!(h.inspect(&web, "{{.Id}}"), id.split(' ').next().unwrap());
+    // nginx does not keep routing to the old address: recreating a
+    // container a site points at reloads it, so the name is resolved anew
+    // (no vhost changed, so nothing else would have).
+    assert_eq!(reloads(), before + 1);
     assert_eq!(
         h.inspect(&worker, "{{.Id}} {{.State.StartedAt}}"),
         worker_id,
