@@ -506,3 +506,37 @@ pub async fn wait_healthy(docker: &Docker, name: &str, timeout: Duration) -> Res
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// Calls `on_event` for every event of a vsa-managed container (start,
+/// stop, die, destroy, ...) until the stream ends or fails; the caller
+/// reconnects.
+pub async fn watch_managed(
+    docker: &Docker,
+    mut on_event: impl FnMut(&str, &str),
+) -> Result<(), DockerError> {
+    let filters = std::collections::HashMap::from([
+        ("type".to_owned(), vec!["container".to_owned()]),
+        (
+            "label".to_owned(),
+            vec![format!("{}=true", vsa_core::docker::LABEL_MANAGED)],
+        ),
+    ]);
+    let mut events = docker.events(Some(bollard::query_parameters::EventsOptions {
+        filters: Some(filters),
+        ..Default::default()
+    }));
+    while let Some(ev) = events.next().await {
+        let ev = ev.map_err(|source| DockerError::Container {
+            container: "(events)".into(),
+            source,
+        })?;
+        let action = ev.action.unwrap_or_default();
+        let name = ev
+            .actor
+            .and_then(|a| a.attributes)
+            .and_then(|a| a.get("name").cloned())
+            .unwrap_or_default();
+        on_event(&action, &name);
+    }
+    Ok(())
+}

@@ -439,3 +439,57 @@ fn the_systemd_unit_verifies() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success() && stderr.trim().is_empty(), "{stderr}");
 }
+
+#[test]
+fn a_stopped_managed_container_is_started_again_within_seconds() {
+    use vsa_tests::docker::{BUSYBOX, Cleanup, docker, require_docker, unique};
+    let Some(bin) = nginx() else { return };
+    if !require_docker() {
+        return;
+    }
+    let mut cleanup = Cleanup::default();
+    let mut h = Host::new(bin);
+    h.start();
+    let net = unique("net");
+    cleanup.network(&net);
+    let stack = unique("job");
+    let worker = format!("{stack}-worker");
+    cleanup.container(&worker);
+    std::fs::create_dir_all(h.repo.join("stacks")).unwrap();
+    std::fs::write(
+        h.repo.join("stacks/job.yaml"),
+        format!(
+            "apiVersion: vsa/v1\nkind: Stack\nname: {stack}\nhost: test-01\nservices:\n  worker:\n    image: {BUSYBOX}\n    command: [\"sh\", \"-c\", \"trap 'exit 0' TERM; sleep 3600 & wait\"]\n"
+        ),
+    )
+    .unwrap();
+    let port = free_port();
+    h.configure(&format!(
+        "repo:\n  path: repo\ndocker:\n  network: {net}\ndashboard:\n  listen: 127.0.0.1:{port}\n"
+    ));
+    let mut d = Vsad::start(&h, port);
+    let running = || {
+        vsa_tests::docker::docker_output(&["inspect", "--format", "{{.State.Running}}", &worker])
+            .stdout
+            .starts_with(b"true")
+    };
+    d.wait("the container running", Duration::from_secs(20), |_| {
+        running()
+    });
+
+    // Stopped by hand: a Docker event, not the next poll, brings it back.
+    docker(&["stop", "-t", "1", &worker]);
+    let took = d.wait(
+        "the container started again",
+        Duration::from_secs(10),
+        |_| running(),
+    );
+    eprintln!("docker stop to running again: {took:?}");
+    assert!(
+        h.audit_lines()
+            .iter()
+            .any(|e| e["action"] == "container.start" && e["actor"] == "vsad")
+    );
+    let (status, _) = d.terminate();
+    assert!(status.success());
+}

@@ -169,6 +169,7 @@ async fn run(cli: &Cli) -> Result<()> {
 
     // Watchers live as long as this function.
     let _watchers = watch(&config, tx.clone())?;
+    let docker_events = tokio::spawn(watch_docker(config.clone(), tx.clone()));
     let watchdog = sd::watchdog_interval().map(|every| {
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
@@ -190,6 +191,7 @@ async fn run(cli: &Cli) -> Result<()> {
     if let Some(w) = watchdog {
         w.abort();
     }
+    docker_events.abort();
     let _ = stop_http.send(());
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), server).await;
     Ok(())
@@ -288,6 +290,39 @@ fn watch(config: &Config, tx: UnboundedSender<Trigger>) -> Result<Vec<notify::Re
         watchers.push(w);
     }
     Ok(watchers)
+}
+
+/// Docker events of managed containers (one stopped, died, removed by
+/// hand) are drift too. Reconnects with backoff while the engine is away;
+/// without stacks there is nothing to watch.
+async fn watch_docker(config: Arc<Config>, tx: UnboundedSender<Trigger>) {
+    let endpoint = config
+        .docker
+        .endpoint
+        .clone()
+        .unwrap_or_else(|| vsa_live::nginx::DEFAULT_DOCKER_ENDPOINT.to_owned());
+    let mut wait = std::time::Duration::from_secs(1);
+    loop {
+        match vsa_live::docker::connect(&endpoint).await {
+            Ok(docker) => {
+                wait = std::time::Duration::from_secs(1);
+                let result = vsa_live::docker::watch_managed(&docker, |action, name| {
+                    // Exec probes (healthchecks) are not drift.
+                    if !action.starts_with("exec_") && !action.starts_with("health_status") {
+                        tracing::debug!(action, container = name, "docker event");
+                        let _ = tx.send(Trigger::Drift);
+                    }
+                })
+                .await;
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "docker events ended");
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "no Docker engine to watch"),
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(std::time::Duration::from_secs(60));
+    }
 }
 
 /// vsa's own temp files (`.name.vsa-tmp...`), written before each rename.
