@@ -526,35 +526,11 @@ async fn run_pass(
         isolate(cx, &mut w, &groups, &mut applied, before, failed, e).await?;
     }
     report.writes = w.writes;
-    if applied.is_empty() && report.reload_owed {
-        owed_reload(cx, failed, report).await?;
-    }
     if !applied.is_empty() {
-        report.reload_owed = false;
-        {
-            match cx.nginx.reload().await {
-                Ok(()) => {
-                    report.reloads += 1;
-                    cx.audit.record(
-                        commit.as_deref(),
-                        NewEvent::new(
-                            "nginx.reload",
-                            "nginx",
-                            Outcome::Ok,
-                            format!("{} site(s) changed", applied.len()),
-                        ),
-                    )?;
-                }
-                Err(e) => {
-                    let line = err_line(&e);
-                    cx.audit.record(
-                        commit.as_deref(),
-                        NewEvent::new("nginx.reload", "nginx", Outcome::Error, &line),
-                    )?;
-                    failed.insert("nginx".into(), format!("reload failed: {line}"));
-                }
-            }
-        }
+        let why = format!("{} site(s) changed", applied.len());
+        reload(cx, failed, report, why, false).await?;
+    } else if report.reload_owed {
+        owed_reload(cx, failed, report).await?;
     }
     for (name, c) in &late {
         if failed.contains_key(name) || failed.contains_key("nginx") {
@@ -772,15 +748,34 @@ async fn run_container(
     Ok((verb, format!("{} running", spec.image)))
 }
 
-/// Tests and reloads nginx for certificates renewed since the last reload.
+/// Tests and reloads nginx for what changed outside its config since the
+/// last reload (a renewed certificate, a recreated container).
 async fn owed_reload(
     cx: &mut Ctx<'_>,
     failed: &mut BTreeMap<String, String>,
     report: &mut ApplyReport,
 ) -> Result<(), ApplyError> {
+    let why = "certificate renewed or container recreated".to_owned();
+    reload(cx, failed, report, why, true).await
+}
+
+/// Reloads nginx (after `nginx -t` when `test_first`; a pass has tested
+/// already) and audits it. A failure is `nginx`'s, not the apply's.
+async fn reload(
+    cx: &mut Ctx<'_>,
+    failed: &mut BTreeMap<String, String>,
+    report: &mut ApplyReport,
+    why: String,
+    test_first: bool,
+) -> Result<(), ApplyError> {
     report.reload_owed = false;
     let commit = cx.commit.clone();
-    let result = match cx.nginx.test().await {
+    let tested = if test_first {
+        cx.nginx.test().await
+    } else {
+        Ok(())
+    };
+    let result = match tested {
         Ok(()) => cx.nginx.reload().await,
         Err(e) => Err(e),
     };
@@ -789,12 +784,7 @@ async fn owed_reload(
             report.reloads += 1;
             cx.audit.record(
                 commit.as_deref(),
-                NewEvent::new(
-                    "nginx.reload",
-                    "nginx",
-                    Outcome::Ok,
-                    "certificate(s) renewed",
-                ),
+                NewEvent::new("nginx.reload", "nginx", Outcome::Ok, why),
             )?;
         }
         Err(e) => {
@@ -803,10 +793,7 @@ async fn owed_reload(
                 commit.as_deref(),
                 NewEvent::new("nginx.reload", "nginx", Outcome::Error, &line),
             )?;
-            failed.insert(
-                "nginx".into(),
-                format!("reload for renewed certificates failed: {line}"),
-            );
+            failed.insert("nginx".into(), format!("reload failed: {line}"));
         }
     }
     Ok(())

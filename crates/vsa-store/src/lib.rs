@@ -85,6 +85,16 @@ impl AcmeBackoff {
     }
 }
 
+/// A row of `SELECT domain, failures, next_attempt, last_error FROM acme_backoff`.
+fn backoff_row(r: &sqlx::sqlite::SqliteRow) -> AcmeBackoff {
+    AcmeBackoff {
+        domain: r.get(0),
+        failures: r.get::<i64, _>(1) as u32,
+        next_attempt_ms: r.get(2),
+        last_error: r.get(3),
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: SqlitePool,
@@ -328,12 +338,7 @@ impl Store {
         .fetch_optional(&self.pool)
         .await
         .map_err(self.db())?;
-        Ok(row.map(|r| AcmeBackoff {
-            domain: r.get(0),
-            failures: r.get::<i64, _>(1) as u32,
-            next_attempt_ms: r.get(2),
-            last_error: r.get(3),
-        }))
+        Ok(row.as_ref().map(backoff_row))
     }
 
     /// Every domain of `host` in ACME backoff.
@@ -345,15 +350,7 @@ impl Store {
         .fetch_all(&self.pool)
         .await
         .map_err(self.db())?;
-        Ok(rows
-            .into_iter()
-            .map(|r| AcmeBackoff {
-                domain: r.get(0),
-                failures: r.get::<i64, _>(1) as u32,
-                next_attempt_ms: r.get(2),
-                last_error: r.get(3),
-            })
-            .collect())
+        Ok(rows.iter().map(backoff_row).collect())
     }
 
     pub async fn set_acme_backoff(&self, host: &str, b: &AcmeBackoff) -> Result<()> {

@@ -5,7 +5,7 @@
 //! Nothing can be pulled: the images come from `deploy/dev/images.sh`
 //! (`docker import` of local rootfs trees), built on first use.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -135,5 +135,93 @@ impl Drop for Cleanup {
         for n in &self.networks {
             let _ = docker_output(&["network", "rm", n]);
         }
+    }
+}
+
+/// A host whose proxy is the production topology: Debian's nginx in a
+/// container (`proxy`) on its own network (`net`), publishing port 80 on
+/// `127.0.0.1:port`, with vsa's vhost, htpasswd and log dirs (under
+/// `root/host/`) mounted where the official image looks; vsa's config
+/// (`config`) runs `nginx -t` and reload in it.
+pub struct ProxiedHost {
+    pub cleanup: Cleanup,
+    pub root: PathBuf,
+    pub repo: PathBuf,
+    pub config: PathBuf,
+    pub net: String,
+    pub proxy: String,
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl ProxiedHost {
+    pub fn new() -> ProxiedHost {
+        let mut cleanup = Cleanup::default();
+        let (dir, root, repo) = crate::test_repo();
+        let net = unique("net");
+        let proxy = unique("proxy");
+        let port = crate::free_port();
+        cleanup.create_network(&net);
+        let dirs = ["conf.d", "htpasswd", "logs"].map(|d| root.join("host").join(d));
+        for d in &dirs {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        let mount = |host: &Path, inside: &str| format!("{}:{inside}", host.display());
+        cleanup.run(
+            &proxy,
+            &[
+                "--network",
+                &net,
+                "-p",
+                &format!("127.0.0.1:{port}:80"),
+                "-v",
+                &mount(&dirs[0], "/etc/nginx/conf.d"),
+                "-v",
+                &mount(&dirs[1], "/etc/nginx/htpasswd"),
+                "-v",
+                &mount(&dirs[2], "/var/log/nginx/domains"),
+                NGINX,
+            ],
+        );
+        let config = root.join("vsa.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "host: test-01\nrepo: {{ path: repo }}\n\
+                 paths:\n  vhosts: host/conf.d\n  htpasswd: host/htpasswd\n  access_logs: host/logs\n\
+                 nginx:\n  container: {proxy}\n  group: www-data\n  ipv6: false\n\
+                 \x20 paths:\n    htpasswd: /etc/nginx/htpasswd\n    access_logs: /var/log/nginx/domains\n\
+                 docker:\n  network: {net}\n"
+            ),
+        )
+        .unwrap();
+        ProxiedHost {
+            cleanup,
+            root,
+            repo,
+            config,
+            net,
+            proxy,
+            port,
+            _dir: dir,
+        }
+    }
+
+    /// A host directory as mounted into the proxy: `conf.d`, `htpasswd`, `logs`.
+    pub fn dir(&self, which: &str) -> PathBuf {
+        self.root.join("host").join(which)
+    }
+
+    /// Writes a file of the desired-state repository.
+    pub fn write(&self, rel: &str, text: &str) {
+        let p = self.repo.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+}
+
+impl Default for ProxiedHost {
+    fn default() -> Self {
+        ProxiedHost::new()
     }
 }

@@ -5,9 +5,9 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use vsa_tests::docker::{BUSYBOX, Cleanup, NGINX, docker, require_docker, unique};
+use vsa_tests::docker::{BUSYBOX, ProxiedHost, docker, require_docker, unique};
 use vsa_tests::host::{audit_lines_in, vsactl_child_in, vsactl_in};
-use vsa_tests::{basic_auth, free_port, http_get_until};
+use vsa_tests::{basic_auth, http_get_until};
 
 fn site(repo: &Path, domain: &str, body: &str) {
     std::fs::write(
@@ -38,16 +38,15 @@ fn nginx_in_a_container_is_tested_and_reloaded_through_docker_exec() {
     if !require_docker() {
         return;
     }
-    let mut cleanup = Cleanup::default();
-    let (_dir, root, repo) = vsa_tests::test_repo();
-    let net = unique("net");
+    let mut h = ProxiedHost::new();
     let app = unique("app");
-    let proxy = unique("proxy");
-    let port = free_port();
-    cleanup.create_network(&net);
+    let (root, repo, config, port) = (h.root.clone(), h.repo.clone(), h.config.clone(), h.port);
+    let proxy = h.proxy.clone();
+    let net = h.net.clone();
+    let dirs = ["conf.d", "htpasswd", "logs"].map(|d| h.dir(d));
 
     // The app: busybox httpd on the shared network, reached only by name.
-    cleanup.run(
+    h.cleanup.run(
         &app,
         &[
             "--network",
@@ -59,41 +58,6 @@ fn nginx_in_a_container_is_tested_and_reloaded_through_docker_exec() {
         ],
     );
 
-    // The proxy, with vsa's dirs mounted where the official image looks.
-    let dirs = ["conf.d", "htpasswd", "logs"].map(|d| root.join("host").join(d));
-    for d in &dirs {
-        std::fs::create_dir_all(d).unwrap();
-    }
-    let mount = |host: &Path, inside: &str| format!("{}:{inside}", host.display());
-    cleanup.run(
-        &proxy,
-        &[
-            "--network",
-            &net,
-            "-p",
-            &format!("127.0.0.1:{port}:80"),
-            "-v",
-            &mount(&dirs[0], "/etc/nginx/conf.d"),
-            "-v",
-            &mount(&dirs[1], "/etc/nginx/htpasswd"),
-            "-v",
-            &mount(&dirs[2], "/var/log/nginx/domains"),
-            NGINX,
-        ],
-    );
-
-    let config = root.join("vsa.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "host: test-01\nrepo: {{ path: repo }}\n\
-             paths:\n  vhosts: host/conf.d\n  htpasswd: host/htpasswd\n  access_logs: host/logs\n\
-             nginx:\n  container: {proxy}\n  group: www-data\n  ipv6: false\n\
-             \x20 paths:\n    htpasswd: /etc/nginx/htpasswd\n    access_logs: /var/log/nginx/domains\n\
-             docker:\n  network: {net}\n"
-        ),
-    )
-    .unwrap();
     let hash = bcrypt::hash("pw-123", 4).unwrap();
     site(
         &repo,

@@ -2,12 +2,12 @@
 //! topology (nginx in a container on the shared network, `nginx -t` and
 //! reload through `docker exec`).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 
-use vsa_tests::docker::{BUSYBOX, Cleanup, NGINX, docker, docker_output, require_docker, unique};
+use vsa_tests::docker::{BUSYBOX, ProxiedHost, docker, docker_output, require_docker, unique};
 use vsa_tests::host::{audit_lines_in, vsactl_child_in, vsactl_in};
-use vsa_tests::{free_port, http_get_until};
+use vsa_tests::http_get_until;
 
 /// Entry point for `vsactl_child_in`; does nothing in a normal run.
 #[test]
@@ -16,73 +16,25 @@ fn child_vsactl() {
     vsa_tests::host::child_main();
 }
 
-/// A host whose proxy is a container on its own network.
-struct Proxied {
-    cleanup: Cleanup,
-    _dir: tempfile::TempDir,
-    root: PathBuf,
-    repo: PathBuf,
-    config: PathBuf,
-    net: String,
-    port: u16,
+/// The proxy-in-a-container host, with what these tests do to it.
+struct Proxied(ProxiedHost);
+
+impl std::ops::Deref for Proxied {
+    type Target = ProxiedHost;
+    fn deref(&self) -> &ProxiedHost {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Proxied {
+    fn deref_mut(&mut self) -> &mut ProxiedHost {
+        &mut self.0
+    }
 }
 
 impl Proxied {
     fn new() -> Proxied {
-        let mut cleanup = Cleanup::default();
-        let (dir, root, repo) = vsa_tests::test_repo();
-        let net = unique("net");
-        let proxy = unique("proxy");
-        let port = free_port();
-        cleanup.create_network(&net);
-        let dirs = ["conf.d", "htpasswd", "logs"].map(|d| root.join("host").join(d));
-        for d in &dirs {
-            std::fs::create_dir_all(d).unwrap();
-        }
-        let mount = |host: &Path, inside: &str| format!("{}:{inside}", host.display());
-        cleanup.run(
-            &proxy,
-            &[
-                "--network",
-                &net,
-                "-p",
-                &format!("127.0.0.1:{port}:80"),
-                "-v",
-                &mount(&dirs[0], "/etc/nginx/conf.d"),
-                "-v",
-                &mount(&dirs[1], "/etc/nginx/htpasswd"),
-                "-v",
-                &mount(&dirs[2], "/var/log/nginx/domains"),
-                NGINX,
-            ],
-        );
-        let config = root.join("vsa.yaml");
-        std::fs::write(
-            &config,
-            format!(
-                "host: test-01\nrepo: {{ path: repo }}\n\
-                 paths:\n  vhosts: host/conf.d\n  htpasswd: host/htpasswd\n  access_logs: host/logs\n\
-                 nginx:\n  container: {proxy}\n  group: www-data\n  ipv6: false\n\
-                 \x20 paths:\n    htpasswd: /etc/nginx/htpasswd\n    access_logs: /var/log/nginx/domains\n\
-                 docker:\n  network: {net}\n"
-            ),
-        )
-        .unwrap();
-        Proxied {
-            cleanup,
-            _dir: dir,
-            root,
-            repo,
-            config,
-            net,
-            port,
-        }
-    }
-
-    fn write(&self, rel: &str, text: &str) {
-        let p = self.repo.join(rel);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(p, text).unwrap();
+        Proxied(ProxiedHost::new())
     }
 
     fn apply(&self) -> ExitCode {
@@ -150,8 +102,9 @@ fn a_stack_and_its_site_converge_behind_the_proxy_container() {
     h.cleanup.container(&worker);
     // Someone's own container on the same network: never touched.
     let theirs = unique("theirs");
+    let net = h.net.clone();
     h.cleanup
-        .run(&theirs, &["--network", &h.net, BUSYBOX, "sleep", "600"]);
+        .run(&theirs, &["--network", &net, BUSYBOX, "sleep", "600"]);
 
     // --dry-run creates, starts and removes nothing.
     // (This test's containers only: other tests run beside it.)
