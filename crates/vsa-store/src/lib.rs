@@ -120,8 +120,12 @@ impl Store {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(10));
+        // Connections (each with its page cache and worker thread) close
+        // when idle: a daemon between reconciles holds none.
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
+            .min_connections(0)
+            .idle_timeout(Some(Duration::from_secs(30)))
             .connect_with(opts)
             .await
             .map_err(db)?;

@@ -2,8 +2,8 @@
 //! (DESIGN §9: push → served ≤ 3 s; resident memory ≤ 30 MiB idle with
 //! 1,000 sites).
 //!
-//! `cargo bench -p vsa-tests --bench daemon`. Measures, on a real daemon
-//! process:
+//! `cargo build --release -p vsad && cargo bench -p vsa-tests --bench
+//! daemon`. Measures, on the real vsad binary:
 //! - push → served latency with a 1 s poll, and with a signed webhook and a
 //!   1 h poll (time from `git push` returning to the first 200 through
 //!   nginx for the new site);
@@ -32,20 +32,28 @@ fn main() {
     let Some(bin) = require("nginx", "to run vsad against a real nginx") else {
         return;
     };
+    // Measure the real vsad binary (its allocator, its size), built with
+    // `cargo build --release -p vsad`.
+    let vsad = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/release/vsad");
+    assert!(
+        vsad.is_file(),
+        "build it first: cargo build --release -p vsad ({} is missing)",
+        vsad.display()
+    );
     let idle_secs: u64 = std::env::var("VSA_BENCH_IDLE_SECS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(60);
     let up = Upstream::start("app");
 
-    let poll = latency(&bin, &up, false);
-    let hook = latency(&bin, &up, true);
+    let poll = latency(&bin, &vsad, &up, false);
+    let hook = latency(&bin, &vsad, &up, true);
     println!("vsad push → served, real nginx, {PUSHES} pushes each:");
     println!("  1 s poll          {}", summary(poll));
     println!("  webhook, 1 h poll {}", summary(hook));
 
     for (label, poll) in [("60 s poll", "60s"), ("1 s poll", "1s")] {
-        let (rss, hwm, cpu) = idle(&bin, &up, 1000, poll, idle_secs);
+        let (rss, hwm, cpu) = idle(&bin, &vsad, &up, 1000, poll, idle_secs);
         let per_minute = cpu * 60.0 / idle_secs as f64 * 1000.0;
         // /proc counts CPU time in 10 ms ticks.
         let cpu = if per_minute == 0.0 {
@@ -66,7 +74,12 @@ fn served(h: &Host, domain: &str) -> bool {
 }
 
 /// Push → served, `PUSHES` times, by poll or by webhook.
-fn latency(bin: &std::path::Path, up: &Upstream, webhook: bool) -> Vec<Duration> {
+fn latency(
+    bin: &std::path::Path,
+    vsad: &std::path::Path,
+    up: &Upstream,
+    webhook: bool,
+) -> Vec<Duration> {
     let mut h = Host::new(bin.to_owned());
     h.start();
     let remote = Remote::new(&h.root);
@@ -80,7 +93,7 @@ fn latency(bin: &std::path::Path, up: &Upstream, webhook: bool) -> Vec<Duration>
         remote.url(),
         if webhook { "1h" } else { "1s" }
     ));
-    let mut d = Vsad::start(&h, port);
+    let mut d = Vsad::start_with(&h, port, &[], Some(vsad));
     let mut out = Vec::new();
     for i in 0..PUSHES {
         let domain = format!("s{i}.vsa.test");
@@ -124,7 +137,14 @@ fn latency(bin: &std::path::Path, up: &Upstream, webhook: bool) -> Vec<Duration>
 
 /// Converges 1,000 sites, then watches the idle daemon: (VmRSS KiB, VmHWM
 /// KiB, CPU seconds over `secs`).
-fn idle(bin: &std::path::Path, up: &Upstream, n: usize, poll: &str, secs: u64) -> (u64, u64, f64) {
+fn idle(
+    bin: &std::path::Path,
+    vsad: &std::path::Path,
+    up: &Upstream,
+    n: usize,
+    poll: &str,
+    secs: u64,
+) -> (u64, u64, f64) {
     let mut h = Host::new(bin.to_owned());
     h.start();
     let remote = Remote::new(&h.root);
@@ -137,7 +157,7 @@ fn idle(bin: &std::path::Path, up: &Upstream, n: usize, poll: &str, secs: u64) -
         "repo:\n  path: clone\n  url: {}\n  poll: {poll}\ndashboard:\n  listen: 127.0.0.1:{port}\n",
         remote.url()
     ));
-    let mut d = Vsad::start(&h, port);
+    let mut d = Vsad::start_with(&h, port, &[], Some(vsad));
     d.wait("in sync", Duration::from_secs(60), |d| {
         d.status().is_some_and(|s| s["in_sync"] == true)
     });
@@ -155,6 +175,24 @@ fn idle(bin: &std::path::Path, up: &Upstream, n: usize, poll: &str, secs: u64) -
             .unwrap()
     };
     let (rss, hwm) = (field("VmRSS:"), field("VmHWM:"));
+    // Where it is: heap and stacks (anonymous) versus mapped files (the
+    // binary's own pages, libraries).
+    let smaps =
+        std::fs::read_to_string(format!("/proc/{}/smaps_rollup", d.pid())).unwrap_or_default();
+    let kb = |name: &str| -> u64 {
+        smaps
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    eprintln!(
+        "  ({poll} poll) RssAnon {:.1} MiB, RssFile {:.1} MiB; threads {}",
+        kb("Anonymous:") as f64 / 1024.0,
+        (kb("Rss:") - kb("Anonymous:")) as f64 / 1024.0,
+        field("Threads:")
+    );
     let _ = d.terminate();
     (rss, hwm, cpu)
 }

@@ -34,19 +34,41 @@ impl Vsad {
 
     /// Starts vsad with extra environment variables.
     pub fn start_with_env(h: &Host, port: u16, envs: &[(&str, &str)]) -> Vsad {
+        Vsad::start_with(h, port, envs, None)
+    }
+
+    /// Starts `bin` (a built vsad binary; the benches measure the real
+    /// thing), or this binary re-entered through `child_vsad`.
+    pub fn start_with(
+        h: &Host,
+        port: u16,
+        envs: &[(&str, &str)],
+        bin: Option<&std::path::Path>,
+    ) -> Vsad {
         static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let log = h.root.join(format!("vsad-{n}.log"));
         let out = std::fs::File::create(&log).unwrap();
-        let child = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "child_vsad",
-                "--ignored",
-                "--nocapture",
-                "--test-threads",
-                "1",
-            ])
+        let mut cmd = match bin {
+            Some(bin) => {
+                let mut c = Command::new(bin);
+                c.arg("--config").arg(&h.config_file);
+                c
+            }
+            None => {
+                let mut c = Command::new(std::env::current_exe().unwrap());
+                c.args([
+                    "--exact",
+                    "child_vsad",
+                    "--ignored",
+                    "--nocapture",
+                    "--test-threads",
+                    "1",
+                ]);
+                c
+            }
+        };
+        let child = cmd
             .env("VSA_CHILD_VSAD_CONFIG", &h.config_file)
             .env("VSA_ROOT", &h.root)
             .env("VSA_LOG", "info")
