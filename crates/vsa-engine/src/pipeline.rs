@@ -25,6 +25,9 @@ pub enum PipelineError {
     Runtime(std::io::Error),
 }
 
+/// How long observing the Docker engine may take.
+const DOCKER_OBSERVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// Everything on the host the plan compares with: the files, the
 /// certificates (with which ones vsa issued, when a store is open), the
 /// Docker engine and the env files of this host's stacks.
@@ -49,12 +52,24 @@ pub async fn observe(
         .endpoint
         .as_deref()
         .unwrap_or(vsa_live::nginx::DEFAULT_DOCKER_ENDPOINT);
-    match vsa_live::docker::connect(endpoint).await {
-        Ok(docker) => match vsa_live::docker::observe(&docker).await {
-            Ok(d) => observed.docker = Some(d),
-            Err(e) => observed.docker_error = Some(e.to_string()),
-        },
-        Err(e) => observed.docker_error = Some(e.to_string()),
+    // A wedged engine must not stall a diff or an apply of the files.
+    let engine = async {
+        let docker = vsa_live::docker::connect(endpoint)
+            .await
+            .map_err(|e| e.to_string())?;
+        vsa_live::docker::observe(&docker)
+            .await
+            .map_err(|e| e.to_string())
+    };
+    match tokio::time::timeout(DOCKER_OBSERVE_TIMEOUT, engine).await {
+        Ok(Ok(d)) => observed.docker = Some(d),
+        Ok(Err(e)) => observed.docker_error = Some(e),
+        Err(_) => {
+            observed.docker_error = Some(format!(
+                "the Docker engine at {endpoint} did not answer within {} s",
+                DOCKER_OBSERVE_TIMEOUT.as_secs()
+            ));
+        }
     }
     Ok(observed)
 }
