@@ -493,3 +493,38 @@ fn a_stopped_managed_container_is_started_again_within_seconds() {
     let (status, _) = d.terminate();
     assert!(status.success());
 }
+
+#[test]
+fn vsad_check_validates_without_starting() {
+    let (_dir, root, repo) = vsa_tests::test_repo();
+    let config = root.join("vsa.yaml");
+    std::fs::write(&config, "host: test-01\nrepo: { path: repo }\n").unwrap();
+    std::fs::write(
+        repo.join("sites/a.vsa.test.yaml"),
+        "apiVersion: vsa/v1\nkind: Site\nhost: test-01\ndomain: a.vsa.test\nupstream: { url: \"http://127.0.0.1:1\" }\n",
+    )
+    .unwrap();
+    let check = || {
+        vsad::main_with([
+            "vsad".into(),
+            "--config".into(),
+            config.display().to_string(),
+            "--check".into(),
+        ])
+    };
+    assert_eq!(check(), 0);
+    // Nothing started, nothing written outside the repository.
+    assert!(!root.join("var").exists() && !root.join("etc").exists());
+    std::fs::write(
+        repo.join("sites/b.vsa.test.yaml"),
+        "apiVersion: vsa/v1\nkind: Site\nhost: test-01\ndomain: \"b;evil\"\nupstream: { url: \"http://127.0.0.1:1\" }\n",
+    )
+    .unwrap();
+    assert_eq!(check(), 2);
+    std::fs::write(
+        &config,
+        "host: test-01\nrepo: { path: repo }\nnginx: { tset: 1 }\n",
+    )
+    .unwrap();
+    assert_eq!(check(), 2);
+}

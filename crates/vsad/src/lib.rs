@@ -42,7 +42,7 @@ pub enum Trigger {
 /// the last good one stays in force. In `mode: apply` drift is repaired
 /// within seconds; in `mode: report` it is only shown and audited.
 ///
-/// Serves /healthz, /api/status, /api/plan and /metrics on
+/// Serves /healthz, /api/status, /api/plan, /api/certs and /metrics on
 /// `dashboard.listen`. Stops cleanly on SIGTERM or SIGINT.
 #[derive(Debug, Parser)]
 #[command(name = "vsad", version, about, long_about)]
@@ -50,8 +50,8 @@ pub struct Cli {
     /// Configuration file [default: $VSA_CONFIG, else $VSA_ROOT/etc/vsa/vsa.yaml]
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Check the configuration and the desired state, print what would be
-    /// done, and exit (0 valid, 2 invalid)
+    /// Check the configuration and the desired state (a working copy at
+    /// repo.path), print a summary and exit: 0 valid, 2 invalid
     #[arg(long)]
     pub check: bool,
 }
@@ -79,7 +79,7 @@ pub fn main_with(args: impl IntoIterator<Item = String>) -> i32 {
     };
     let code = rt.block_on(async {
         match run(&cli).await {
-            Ok(()) => 0,
+            Ok(code) => code,
             Err(e) => {
                 tracing::error!(error = format!("{e:#}"), "vsad stops");
                 eprintln!("vsad: {e:#}");
@@ -106,18 +106,26 @@ fn init_logging() {
     };
 }
 
-async fn run(cli: &Cli) -> Result<()> {
+/// Runs the daemon (or `--check`); the exit code.
+async fn run(cli: &Cli) -> Result<i32> {
     let env_config = std::env::var_os("VSA_CONFIG")
         .filter(|v| !v.is_empty())
         .map(PathBuf::from);
     let root = std::env::var_os("VSA_ROOT")
         .filter(|v| !v.is_empty())
         .map(PathBuf::from);
-    let loaded = vsa_live::config_file::load(
+    let loaded = match vsa_live::config_file::load(
         cli.config.as_deref(),
         env_config.as_deref(),
         root.as_deref(),
-    )?;
+    ) {
+        Ok(l) => l,
+        Err(e) if cli.check => {
+            eprintln!("vsad: {e}");
+            return Ok(2);
+        }
+        Err(e) => return Err(e.into()),
+    };
     let config = Arc::new(loaded.config);
     let Some(host) = config.host.clone() else {
         bail!(
@@ -194,7 +202,7 @@ async fn run(cli: &Cli) -> Result<()> {
     docker_events.abort();
     let _ = stop_http.send(());
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), server).await;
-    Ok(())
+    Ok(0)
 }
 
 async fn shutdown_signal() {
@@ -224,27 +232,38 @@ fn read_secret(path: Option<&Path>, what: &str) -> Result<Option<Vec<u8>>> {
 }
 
 /// `vsad --check`: the configuration parses, the desired state loads.
-fn check(config: &Config, host: &str) -> Result<()> {
+fn check(config: &Config, host: &str) -> Result<i32> {
     let (model, warnings) = match vsa_engine::pipeline::load_repo(&config.repo.path) {
         Ok(x) => x,
         Err(vsa_engine::pipeline::PipelineError::Invalid(problems)) => {
             for p in &problems {
                 eprintln!("{p}");
             }
-            std::process::exit(2);
+            eprintln!(
+                "vsad: the desired state in {} is invalid",
+                config.repo.path.display()
+            );
+            return Ok(2);
         }
         Err(e) => return Err(e.into()),
     };
     for w in &warnings {
         eprintln!("{w}");
     }
-    vsa_engine::pipeline::check_host(&model, host)?;
+    if let Err(e) = vsa_engine::pipeline::check_host(&model, host) {
+        eprintln!("vsad: {e}");
+        return Ok(2);
+    }
+    let mode = match config.mode {
+        vsa_core::config::Mode::Apply => "apply",
+        vsa_core::config::Mode::Report => "report",
+    };
     println!(
-        "ok: host {host}, {} site(s) for it, mode {:?}",
+        "ok: host {host}: {} site(s), {} stack(s), mode {mode}",
         model.sites_for(host).count(),
-        config.mode
+        model.stacks_for(host).count(),
     );
-    Ok(())
+    Ok(0)
 }
 
 /// File watchers: the vhost and htpasswd dirs (drift), and the working
