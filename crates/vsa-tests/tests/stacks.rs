@@ -259,6 +259,7 @@ fn a_missing_image_fails_its_stack_alone_and_a_missing_env_file_blocks_it() {
     let blocked = unique("blocked");
     for s in [&good, &bad, &blocked] {
         h.cleanup.container(&format!("{s}-web"));
+        h.cleanup.container(&format!("{s}-worker"));
     }
     let env_file = h.root.join("web.env");
     std::fs::write(&env_file, "A=1\n").unwrap();
