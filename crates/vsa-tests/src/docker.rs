@@ -100,6 +100,7 @@ pub fn unique(what: &str) -> String {
 pub struct Cleanup {
     containers: Vec<String>,
     networks: Vec<String>,
+    volumes: Vec<String>,
 }
 
 impl Cleanup {
@@ -110,6 +111,11 @@ impl Cleanup {
 
     pub fn network(&mut self, name: &str) {
         self.networks.push(name.to_owned());
+    }
+
+    /// Removes this named volume (after the containers) when the test ends.
+    pub fn volume(&mut self, name: &str) {
+        self.volumes.push(name.to_owned());
     }
 
     /// `docker network create NAME`, removed at the end.
@@ -134,6 +140,9 @@ impl Drop for Cleanup {
         }
         for n in &self.networks {
             let _ = docker_output(&["network", "rm", n]);
+        }
+        for v in &self.volumes {
+            let _ = docker_output(&["volume", "rm", v]);
         }
     }
 }

@@ -85,6 +85,7 @@ fn a_stack_and_its_site_converge_behind_the_proxy_container() {
     let stack = unique("shop");
     let web = format!("{stack}-web");
     let volume = unique("data");
+    h.cleanup.volume(&volume);
     h.cleanup.container(&web);
     let env_file = h.root.join("web.env");
     std::fs::write(&env_file, "# secrets\nAPI_KEY=s3cret-value-123\n").unwrap();
@@ -244,7 +245,6 @@ fn a_stack_and_its_site_converge_behind_the_proxy_container() {
             .status
             .success()
     );
-    let _ = docker_output(&["volume", "rm", &volume]);
     assert_eq!(h.inspect(&theirs, "{{.State.Running}}"), "true");
 }
 
@@ -261,11 +261,14 @@ fn a_missing_image_fails_its_stack_alone_and_a_missing_env_file_blocks_it() {
         h.cleanup.container(&format!("{s}-web"));
         h.cleanup.container(&format!("{s}-worker"));
     }
+    let (good_volume, blocked_volume) = (unique("vol"), unique("vol"));
+    h.cleanup.volume(&good_volume);
+    h.cleanup.volume(&blocked_volume);
     let env_file = h.root.join("web.env");
     std::fs::write(&env_file, "A=1\n").unwrap();
     h.write(
         "stacks/good.yaml",
-        &web_stack(&good, "good", &env_file, &unique("vol")),
+        &web_stack(&good, "good", &env_file, &good_volume),
     );
     // A registry on loopback that is not there: the image cannot be had.
     h.write(
@@ -280,7 +283,7 @@ fn a_missing_image_fails_its_stack_alone_and_a_missing_env_file_blocks_it() {
             &blocked,
             "x",
             Path::new("/nonexistent/vsa/web.env"),
-            &unique("vol"),
+            &blocked_volume,
         ),
     );
     h.write(
