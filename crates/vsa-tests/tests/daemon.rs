@@ -30,6 +30,26 @@ fn nginx() -> Option<PathBuf> {
     require("nginx", "to run vsad against a real nginx")
 }
 
+/// A host (nginx started) following a bare repository that already holds
+/// site `a.vsa.test`; `repo_extra` goes under `repo:` (poll, webhook...).
+/// Returns the host, the upstream, the remote, vsad's API port and the
+/// first commit.
+fn following_host(repo_extra: &str) -> Option<(Host, Upstream, Remote, u16, String)> {
+    let bin = nginx()?;
+    let up = Upstream::start("app");
+    let mut h = Host::new(bin);
+    h.start();
+    let remote = Remote::new(&h.root);
+    remote.site("a.vsa.test", &up);
+    let first = remote.push("site a");
+    let port = free_port();
+    h.configure(&format!(
+        "repo:\n  path: clone\n  url: {}\n{repo_extra}dashboard:\n  listen: 127.0.0.1:{port}\n",
+        remote.url()
+    ));
+    Some((h, up, remote, port, first))
+}
+
 fn served(h: &Host, domain: &str) -> bool {
     http_get(h.http_port, domain, "/", &[]).status == 200
 }
@@ -41,18 +61,9 @@ fn served_soon(h: &Host, domain: &str) -> bool {
 
 #[test]
 fn a_push_is_served_within_seconds_and_a_bad_commit_is_refused() {
-    let Some(bin) = nginx() else { return };
-    let up = Upstream::start("app");
-    let mut h = Host::new(bin);
-    h.start();
-    let remote = Remote::new(&h.root);
-    remote.site("a.vsa.test", &up);
-    let first = remote.push("site a");
-    let port = free_port();
-    h.configure(&format!(
-        "repo:\n  path: clone\n  url: {}\n  branch: main\n  poll: 1s\ndashboard:\n  listen: 127.0.0.1:{port}\n",
-        remote.url()
-    ));
+    let Some((h, up, remote, port, first)) = following_host("  branch: main\n  poll: 1s\n") else {
+        return;
+    };
     let mut d = Vsad::start(&h, port);
     assert_eq!(d.status().unwrap()["commit"], first.as_str());
     assert!(served_soon(&h, "a.vsa.test"));
@@ -125,20 +136,13 @@ fn a_push_is_served_within_seconds_and_a_bad_commit_is_refused() {
 
 #[test]
 fn a_signed_webhook_fetches_at_once_and_an_unsigned_one_changes_nothing() {
-    let Some(bin) = nginx() else { return };
-    let up = Upstream::start("app");
-    let mut h = Host::new(bin);
-    h.start();
-    let remote = Remote::new(&h.root);
-    remote.site("a.vsa.test", &up);
-    remote.push("site a");
+    let Some((h, up, remote, port, _)) =
+        following_host("  poll: 1h\n  webhook_secret_file: webhook.secret\n")
+    else {
+        return;
+    };
     let secret = "s3cret-for-tests";
     std::fs::write(h.root.join("webhook.secret"), format!("{secret}\n")).unwrap();
-    let port = free_port();
-    h.configure(&format!(
-        "repo:\n  path: clone\n  url: {}\n  poll: 1h\n  webhook_secret_file: webhook.secret\ndashboard:\n  listen: 127.0.0.1:{port}\n",
-        remote.url()
-    ));
     let mut d = Vsad::start(&h, port);
     assert!(served_soon(&h, "a.vsa.test"));
 
@@ -306,18 +310,9 @@ fn drift_is_only_reported_in_report_mode() {
 
 #[test]
 fn a_restart_changes_nothing_and_sigterm_mid_reconcile_leaves_whole_files() {
-    let Some(bin) = nginx() else { return };
-    let up = Upstream::start("app");
-    let mut h = Host::new(bin);
-    h.start();
-    let remote = Remote::new(&h.root);
-    remote.site("a.vsa.test", &up);
-    remote.push("site a");
-    let port = free_port();
-    h.configure(&format!(
-        "repo:\n  path: clone\n  url: {}\n  poll: 1s\ndashboard:\n  listen: 127.0.0.1:{port}\n",
-        remote.url()
-    ));
+    let Some((h, up, remote, port, _)) = following_host("  poll: 1s\n") else {
+        return;
+    };
     let mut d = Vsad::start(&h, port);
     let (status, took) = d.terminate();
     assert!(
