@@ -480,11 +480,12 @@ fn a_stopped_managed_container_is_started_again_within_seconds() {
         |_| running(),
     );
     eprintln!("docker stop to running again: {took:?}");
-    assert!(
+    // Audited right after the engine started it.
+    d.wait("the audit event", Duration::from_secs(5), |_| {
         h.audit_lines()
             .iter()
             .any(|e| e["action"] == "container.start" && e["actor"] == "vsad")
-    );
+    });
     let (status, _) = d.terminate();
     assert!(status.success());
 }

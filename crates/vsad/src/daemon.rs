@@ -254,15 +254,8 @@ impl Daemon {
         tracing::warn!(commit = %label, errors = problems.len(), first = %first,
             "desired state refused; the last good one stays in force");
         self.refused = Some(label.to_owned());
-        {
-            let mut v = self.shared.view();
-            v.metrics.error("commit");
-            v.refused = Some(Refused {
-                commit: label.to_owned(),
-                errors: problems.clone(),
-            });
-        }
-        self.update_last_error();
+        // Audited before it is shown: whoever sees the refusal in the API
+        // finds it in the audit trail too.
         let commit = (label.len() == 40).then(|| label.to_owned());
         self.audit(
             commit.as_deref(),
@@ -274,6 +267,15 @@ impl Daemon {
             )],
         )
         .await;
+        {
+            let mut v = self.shared.view();
+            v.metrics.error("commit");
+            v.refused = Some(Refused {
+                commit: label.to_owned(),
+                errors: problems,
+            });
+        }
+        self.update_last_error();
     }
 
     fn update_last_error(&self) {
