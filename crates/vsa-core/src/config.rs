@@ -83,6 +83,16 @@ pub struct DockerConfig {
     pub network: String,
 }
 
+/// Where the Docker engine listens when `docker.endpoint` is not set.
+pub const DEFAULT_DOCKER_ENDPOINT: &str = "unix:///var/run/docker.sock";
+
+impl DockerConfig {
+    /// `docker.endpoint`, or the default socket.
+    pub fn endpoint_url(&self) -> &str {
+        self.endpoint.as_deref().unwrap_or(DEFAULT_DOCKER_ENDPOINT)
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct AcmeConfig {
     pub directory: String,
@@ -440,7 +450,7 @@ impl Config {
                     .docker
                     .endpoint
                     .clone()
-                    .or_else(|| Some("unix:///var/run/docker.sock".into())),
+                    .or_else(|| Some(DEFAULT_DOCKER_ENDPOINT.into())),
                 network,
             },
             acme: AcmeConfig {

@@ -557,12 +557,7 @@ async fn docker_step(
 ) -> Result<bool, ApplyError> {
     use vsa_core::docker::ContainerSpec;
     let commit = cx.commit.clone();
-    let endpoint = cx
-        .config
-        .docker
-        .endpoint
-        .clone()
-        .unwrap_or_else(|| vsa_live::nginx::DEFAULT_DOCKER_ENDPOINT.to_owned());
+    let endpoint = cx.config.docker.endpoint_url().to_owned();
     let mut record =
         |cx: &mut Ctx<'_>, c: &Change, action: &str, outcome: Outcome, detail: String| {
             report.executed.push(Executed {

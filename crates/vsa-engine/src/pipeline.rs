@@ -47,11 +47,7 @@ pub async fn observe(
         .flat_map(|svc| svc.env_file.iter())
         .collect();
     observed.env_files = vsa_live::docker::env_file_digests(env_paths);
-    let endpoint = config
-        .docker
-        .endpoint
-        .as_deref()
-        .unwrap_or(vsa_live::nginx::DEFAULT_DOCKER_ENDPOINT);
+    let endpoint = config.docker.endpoint_url();
     // A wedged engine must not stall a diff or an apply of the files.
     let engine = async {
         let docker = vsa_live::docker::connect(endpoint)

@@ -45,11 +45,7 @@ impl NginxControl {
             test: c.nginx.test.clone(),
             reload: c.nginx.reload.clone(),
             container: c.nginx.container.clone(),
-            docker_endpoint: c
-                .docker
-                .endpoint
-                .clone()
-                .unwrap_or_else(|| DEFAULT_DOCKER_ENDPOINT.to_owned()),
+            docker_endpoint: c.docker.endpoint_url().to_owned(),
             timeout: Duration::from_secs(120),
         }
     }
@@ -129,9 +125,6 @@ impl NginxControl {
         })
     }
 }
-
-/// Where the Docker engine listens when `docker.endpoint` is not set.
-pub const DEFAULT_DOCKER_ENDPOINT: &str = "unix:///var/run/docker.sock";
 
 /// nginx's first `[emerg]`, `[alert]`, `[crit]` or `[error]` line.
 pub fn first_error(output: &str) -> String {

@@ -368,6 +368,7 @@ impl Daemon {
         let renderer = self.renderer.clone();
         let host = self.host.clone();
         let observed = pipeline::observe(&config, &model, &host, Some(&self.store)).await?;
+        self.show_certs(observed.cert_info.values().cloned().collect());
         let plan = {
             let (model, commit) = (model.clone(), commit.clone());
             tokio::task::spawn_blocking(move || -> Result<Plan> {
@@ -375,7 +376,6 @@ impl Daemon {
             })
             .await??
         };
-        self.observe_certs().await;
         if plan.changes.is_empty() {
             self.reported_drift = None;
             self.apply_error = None;
@@ -486,23 +486,16 @@ impl Daemon {
         Ok(report.remaining.unwrap_or(plan))
     }
 
-    /// Reads the certificates on disk for `/api/certs` and the expiry metric.
-    async fn observe_certs(&self) {
-        let dir = self.config.paths.letsencrypt.clone();
-        let now = vsa_store::time::now_millis() / 1000;
-        match tokio::task::spawn_blocking(move || vsa_live::certs::observe(&dir, now)).await {
-            Ok(Ok(certs)) => {
-                let mut v = self.shared.view();
-                v.metrics.cert_expiry = certs
-                    .iter()
-                    .filter(|c| c.error.is_none())
-                    .map(|c| (c.domain.clone(), c.not_after))
-                    .collect();
-                v.certs = certs;
-            }
-            Ok(Err(e)) => tracing::warn!(error = %e, "cannot read the certificates"),
-            Err(e) => tracing::error!(error = %e, "reading the certificates panicked"),
-        }
+    /// The certificates on disk (as observed for the plan), for
+    /// `/api/certs` and the expiry metric.
+    fn show_certs(&self, certs: Vec<vsa_core::certs::CertInfo>) {
+        let mut v = self.shared.view();
+        v.metrics.cert_expiry = certs
+            .iter()
+            .filter(|c| c.error.is_none())
+            .map(|c| (c.domain.clone(), c.not_after))
+            .collect();
+        v.certs = certs;
     }
 
     /// Runs until `shutdown` resolves.

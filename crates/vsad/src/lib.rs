@@ -315,11 +315,7 @@ fn watch(config: &Config, tx: UnboundedSender<Trigger>) -> Result<Vec<notify::Re
 /// hand) are drift too. Reconnects with backoff while the engine is away;
 /// without stacks there is nothing to watch.
 async fn watch_docker(config: Arc<Config>, tx: UnboundedSender<Trigger>) {
-    let endpoint = config
-        .docker
-        .endpoint
-        .clone()
-        .unwrap_or_else(|| vsa_live::nginx::DEFAULT_DOCKER_ENDPOINT.to_owned());
+    let endpoint = config.docker.endpoint_url().to_owned();
     let mut wait = std::time::Duration::from_secs(1);
     loop {
         match vsa_live::docker::connect(&endpoint).await {
