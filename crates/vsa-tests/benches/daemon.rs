@@ -34,7 +34,13 @@ fn main() {
     };
     // Measure the real vsad binary (its allocator, its size), built with
     // `cargo build --release -p vsad`.
-    let vsad = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/release/vsad");
+    // VSA_BENCH_VSAD: another binary (e.g. a wrapper running it under a
+    // profiler).
+    let vsad = std::env::var_os("VSA_BENCH_VSAD")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/release/vsad")
+        });
     assert!(
         vsad.is_file(),
         "build it first: cargo build --release -p vsad ({} is missing)",
@@ -46,11 +52,14 @@ fn main() {
         .unwrap_or(60);
     let up = Upstream::start("app");
 
-    let poll = latency(&bin, &vsad, &up, false);
-    let hook = latency(&bin, &vsad, &up, true);
-    println!("vsad push → served, real nginx, {PUSHES} pushes each:");
-    println!("  1 s poll          {}", summary(poll));
-    println!("  webhook, 1 h poll {}", summary(hook));
+    // VSA_BENCH_ONLY=idle skips the latency runs.
+    if std::env::var("VSA_BENCH_ONLY").as_deref() != Ok("idle") {
+        let poll = latency(&bin, &vsad, &up, false);
+        let hook = latency(&bin, &vsad, &up, true);
+        println!("vsad push → served, real nginx, {PUSHES} pushes each:");
+        println!("  1 s poll          {}", summary(poll));
+        println!("  webhook, 1 h poll {}", summary(hook));
+    }
 
     for (label, poll) in [("60 s poll", "60s"), ("1 s poll", "1s")] {
         let (rss, hwm, cpu) = idle(&bin, &vsad, &up, 1000, poll, idle_secs);
@@ -193,6 +202,13 @@ fn idle(
         (kb("Rss:") - kb("Anonymous:")) as f64 / 1024.0,
         field("Threads:")
     );
+    // VSA_BENCH_SMAPS=DIR keeps the whole smaps, mapping by mapping.
+    if let Some(dir) = std::env::var_os("VSA_BENCH_SMAPS") {
+        let full = std::fs::read_to_string(format!("/proc/{}/smaps", d.pid())).unwrap_or_default();
+        let file = std::path::Path::new(&dir).join(format!("smaps-{}.txt", poll));
+        std::fs::write(&file, full).unwrap();
+        eprintln!("  smaps kept in {}", file.display());
+    }
     let _ = d.terminate();
     (rss, hwm, cpu)
 }

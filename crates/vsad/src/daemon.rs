@@ -526,6 +526,7 @@ impl Daemon {
             _ = first => {}
             _ = &mut shutdown => return,
         }
+        crate::memory::give_back();
         on_ready();
 
         let following = self.remote.is_some();
@@ -570,7 +571,7 @@ impl Daemon {
             };
             tokio::pin!(work);
             tokio::select! {
-                _ = &mut work => {}
+                _ = &mut work => crate::memory::give_back(),
                 _ = &mut shutdown => {
                     // Let the reconcile in flight finish its step: every
                     // write is atomic, so cutting it later leaves no half
