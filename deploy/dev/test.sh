@@ -16,13 +16,18 @@ command -v file >/dev/null 2>&1 || need+=(file)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 command -v pebble >/dev/null 2>&1 || need+=(pebble)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+# HTTPS and SSH git remotes (tests/remotes.rs start their own instances).
+[ -x /usr/sbin/fcgiwrap ] || command -v fcgiwrap >/dev/null 2>&1 || need+=(fcgiwrap)
+[ -x /usr/sbin/sshd ] || need+=(openssh-server)
+command -v ssh-keygen >/dev/null 2>&1 || need+=(openssh-client)
 if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
         echo "test.sh: installing ${need[*]}" >&2
         export DEBIAN_FRONTEND=noninteractive
         apt-get update -qq
-        # Debian's nginx package starts a service on install; the tests run
-        # their own instances, so keep it from taking port 80.
+        # Debian's nginx, fcgiwrap and openssh-server packages start services
+        # on install; the tests run their own instances, so keep them from
+        # starting (and nginx from taking port 80).
         printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
         apt-get install -y -qq --no-install-recommends "${need[@]}" ca-certificates >/dev/null
         rm -f /usr/sbin/policy-rc.d

@@ -40,6 +40,9 @@ pub struct RepoConfig {
     pub token_file: Option<PathBuf>,
     /// SSH remotes: a private key file without passphrase (extension).
     pub ssh_key_file: Option<PathBuf>,
+    /// SSH remotes: the `known_hosts` file the server's host key must be
+    /// in; without it, `~/.ssh/known_hosts` (extension).
+    pub known_hosts_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -167,6 +170,7 @@ struct RawRepo {
     webhook_secret_file: Option<String>,
     token_file: Option<String>,
     ssh_key_file: Option<String>,
+    known_hosts_file: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -432,6 +436,7 @@ impl Config {
                 webhook_secret_file: opt_path(&raw.repo.webhook_secret_file),
                 token_file: opt_path(&raw.repo.token_file),
                 ssh_key_file: opt_path(&raw.repo.ssh_key_file),
+                known_hosts_file: opt_path(&raw.repo.known_hosts_file),
             },
             nginx: NginxConfig {
                 test,
@@ -517,6 +522,30 @@ mod tests {
         })
     }
 
+    /// The examples in deploy/ are what users copy: they must parse, with
+    /// every documented key.
+    #[test]
+    fn the_shipped_examples_parse() {
+        let production = parse(include_str!("../../../deploy/examples/vsa.yaml")).unwrap();
+        assert!(production.repo.url.is_some());
+        assert!(production.repo.token_file.is_some());
+        let sandbox = parse(include_str!("../../../deploy/examples/sandbox.yaml")).unwrap();
+        assert_eq!(sandbox.mode, Mode::Report);
+        // The commented SSH lines, uncommented, are valid too.
+        let ssh = include_str!("../../../deploy/examples/vsa.yaml")
+            .replace("  # ssh_key_file:", "  ssh_key_file:")
+            .replace("  # known_hosts_file:", "  known_hosts_file:");
+        let ssh = parse(&ssh).unwrap();
+        assert_eq!(
+            ssh.repo.known_hosts_file,
+            Some(PathBuf::from("/etc/vsa/known_hosts"))
+        );
+        assert_eq!(
+            ssh.repo.ssh_key_file,
+            Some(PathBuf::from("/etc/vsa/git.key"))
+        );
+    }
+
     #[test]
     fn defaults_live_under_the_root() {
         let c = Config::defaults(Path::new("/sandbox"));
@@ -535,6 +564,20 @@ mod tests {
         let c = parse("host: vps-01\nrepo: {path: ../repo}\npaths: {vhosts: /x/conf.d}\n").unwrap();
         assert_eq!(c.repo.path, PathBuf::from("/repo"));
         assert_eq!(c.paths.vhosts, PathBuf::from("/x/conf.d"));
+    }
+
+    #[test]
+    fn remote_key_and_known_hosts_files_are_paths() {
+        let c = parse(
+            "repo:\n  url: ssh://git@example.com/ops/state.git\n  ssh_key_file: deploy.key\n  known_hosts_file: /etc/vsa/known_hosts\n",
+        )
+        .unwrap();
+        assert_eq!(c.repo.ssh_key_file, Some(PathBuf::from("/cfg/deploy.key")));
+        assert_eq!(
+            c.repo.known_hosts_file,
+            Some(PathBuf::from("/etc/vsa/known_hosts"))
+        );
+        assert_eq!(parse("").unwrap().repo.known_hosts_file, None);
     }
 
     #[test]

@@ -3,8 +3,13 @@
 
 use std::path::Path;
 
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
+
 use vsa_core::span::Pos;
 use vsa_core::{Problem, SourceFile};
+
+use crate::known_hosts::{KnownHost, check_known_hosts, known_hosts_name, ssh_key_type, ssh_port};
 
 #[derive(Debug, thiserror::Error)]
 pub enum GitError {
@@ -128,6 +133,10 @@ pub struct Remote {
     pub token_file: Option<std::path::PathBuf>,
     /// SSH: a private key file (no passphrase).
     pub ssh_key_file: Option<std::path::PathBuf>,
+    /// SSH: an OpenSSH `known_hosts` file that alone decides which server
+    /// host keys are trusted. Without it libgit2 checks `~/.ssh/known_hosts`
+    /// (`$HOME`). An unknown or changed key is refused either way.
+    pub known_hosts_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -160,52 +169,219 @@ pub enum SyncError {
     },
 }
 
+/// What the callbacks saw that libgit2's own error messages hide: libgit2
+/// replaces a refusing host key check's message with its generic "invalid
+/// or unknown remote ssh hostkey", and sshd may hang up on a refused key
+/// before the credentials callback hears of it.
+#[derive(Debug, Default)]
+struct Notes {
+    /// The server's SSH host key: `[host]:port (type SHA256:...)`.
+    host_key: Option<String>,
+    /// Why `repo.known_hosts_file` refused it.
+    host_key_refused: Option<String>,
+    /// The credential offered last: `the key in repo.ssh_key_file ...`.
+    offered: Option<String>,
+}
+
+type SharedNotes = std::rc::Rc<std::cell::RefCell<Notes>>;
+
+fn read_config_file(what: &'static str, path: &Path) -> Result<String, SyncError> {
+    std::fs::read_to_string(path).map_err(|source| SyncError::Secret {
+        what,
+        path: path.display().to_string(),
+        source,
+    })
+}
+
 impl Remote {
-    fn fetch_options(&self) -> Result<git2::FetchOptions<'static>, SyncError> {
+    fn fetch_options(&self) -> Result<(git2::FetchOptions<'static>, SharedNotes), SyncError> {
         let token = match &self.token_file {
-            Some(p) => Some(
-                std::fs::read_to_string(p)
-                    .map_err(|source| SyncError::Secret {
-                        what: "repo.token_file",
-                        path: p.display().to_string(),
-                        source,
-                    })?
-                    .trim()
-                    .to_owned(),
-            ),
+            Some(p) => Some((
+                read_config_file("repo.token_file", p)?.trim().to_owned(),
+                p.display().to_string(),
+            )),
+            None => None,
+        };
+        let known_hosts = match &self.known_hosts_file {
+            Some(p) => Some((
+                read_config_file("repo.known_hosts_file", p)?,
+                p.display().to_string(),
+            )),
             None => None,
         };
         let key = self.ssh_key_file.clone();
-        let mut tries = 0;
+        let notes = SharedNotes::default();
+        let asked = notes.clone();
+        // What was offered already: libgit2 asks again after a refusal,
+        // and the same secret again would only be refused again (and
+        // count against the server's limits, e.g. sshd's MaxAuthTries).
+        let (mut gave_key, mut gave_token) = (false, false);
         let mut callbacks = git2::RemoteCallbacks::new();
         callbacks.credentials(move |_url, username, allowed| {
-            // libgit2 asks again after a refusal: give each way one chance.
-            tries += 1;
-            if tries > 3 {
-                return Err(git2::Error::from_str(
-                    "the remote refused the credentials (repo.token_file / repo.ssh_key_file)",
-                ));
-            }
+            let refused = |what: &Option<String>| {
+                let what = what
+                    .as_deref()
+                    .unwrap_or("the credentials (repo.token_file / repo.ssh_key_file)");
+                git2::Error::new(
+                    git2::ErrorCode::Auth,
+                    git2::ErrorClass::Callback,
+                    format!("the remote refused {what}"),
+                )
+            };
             if allowed.contains(git2::CredentialType::SSH_KEY)
                 && let Some(key) = &key
             {
-                return git2::Cred::ssh_key(username.unwrap_or("git"), None, key, None);
+                if gave_key {
+                    return Err(refused(&asked.borrow().offered));
+                }
+                gave_key = true;
+                let user = username.unwrap_or("git");
+                asked.borrow_mut().offered = Some(format!(
+                    "the key in repo.ssh_key_file {} for user `{user}`",
+                    key.display()
+                ));
+                return git2::Cred::ssh_key(user, None, key, None);
             }
             if allowed.contains(git2::CredentialType::USER_PASS_PLAINTEXT)
-                && let Some(token) = &token
+                && let Some((token, path)) = &token
             {
+                if gave_token {
+                    return Err(refused(&asked.borrow().offered));
+                }
+                gave_token = true;
+                asked.borrow_mut().offered = Some(format!(
+                    "the token in repo.token_file {path} (user `x-access-token`)"
+                ));
                 return git2::Cred::userpass_plaintext("x-access-token", token);
             }
             if allowed.contains(git2::CredentialType::USERNAME) {
                 return git2::Cred::username(username.unwrap_or("git"));
             }
+            if asked.borrow().offered.is_some() {
+                return Err(refused(&asked.borrow().offered));
+            }
             Err(git2::Error::from_str(
                 "the remote asks for credentials: set repo.token_file (HTTPS) or repo.ssh_key_file (SSH)",
             ))
         });
+        let port = ssh_port(&self.url);
+        let seen = notes.clone();
+        callbacks.certificate_check(move |cert, host| {
+            // TLS: OpenSSL's verdict against the CA store stands.
+            let Some(hostkey) = cert.as_hostkey() else {
+                return Ok(git2::CertificateCheckStatus::CertificatePassthrough);
+            };
+            let Some(raw) = hostkey.hostkey() else {
+                return Ok(git2::CertificateCheckStatus::CertificatePassthrough);
+            };
+            let name = known_hosts_name(host, port);
+            let key_type = ssh_key_type(raw)
+                .or_else(|| hostkey.hostkey_type().map(|t| t.name().to_owned()))
+                .unwrap_or_else(|| "unknown".to_owned());
+            let fingerprint = hostkey
+                .hash_sha256()
+                .map(|h| format!(" SHA256:{}", STANDARD_NO_PAD.encode(h)))
+                .unwrap_or_default();
+            let shown = format!("{name} ({key_type}{fingerprint})");
+            seen.borrow_mut().host_key = Some(shown.clone());
+            // Without a file of our own, libgit2 checks ~/.ssh/known_hosts.
+            let Some((text, path)) = &known_hosts else {
+                return Ok(git2::CertificateCheckStatus::CertificatePassthrough);
+            };
+            let refusal = match check_known_hosts(text, &name, &key_type, &STANDARD.encode(raw)) {
+                KnownHost::Match => return Ok(git2::CertificateCheckStatus::CertificateOk),
+                KnownHost::Revoked { line } => format!(
+                    "the host key of {shown} is marked @revoked in repo.known_hosts_file {path} (line {line}); refusing to connect"
+                ),
+                KnownHost::Changed { line } => format!(
+                    "the host key of {shown} does not match the {key_type} key for it in repo.known_hosts_file {path} (line {line}); refusing to connect (if the server's key really changed, replace that line)"
+                ),
+                KnownHost::Unknown {
+                    other_types,
+                    hashed,
+                } => {
+                    let keyscan = if port == 22 {
+                        format!("ssh-keyscan -t {key_type} {host}")
+                    } else {
+                        format!("ssh-keyscan -t {key_type} -p {port} {host}")
+                    };
+                    let why = if !other_types.is_empty() {
+                        format!(
+                            " (it has {} keys for this host only; libssh2 picks the key type by its own preference)",
+                            other_types.join(", ")
+                        )
+                    } else if hashed {
+                        " (hashed `|1|` entries are not supported: write host names in clear)"
+                            .to_owned()
+                    } else {
+                        String::new()
+                    };
+                    format!(
+                        "the host key of {shown} is not in repo.known_hosts_file {path}{why}; refusing an unknown host (add its key, e.g. from `{keyscan}`, after checking the fingerprint)"
+                    )
+                }
+            };
+            seen.borrow_mut().host_key_refused = Some(refusal.clone());
+            Err(git2::Error::new(
+                git2::ErrorCode::Certificate,
+                git2::ErrorClass::Ssh,
+                refusal,
+            ))
+        });
         let mut fo = git2::FetchOptions::new();
         fo.remote_callbacks(callbacks);
-        Ok(fo)
+        Ok((fo, notes))
+    }
+
+    /// libgit2's error, with what the callbacks know about it.
+    fn explain(&self, error: git2::Error, notes: &SharedNotes) -> git2::Error {
+        let notes = notes.borrow();
+        if let Some(refusal) = &notes.host_key_refused {
+            return git2::Error::new(git2::ErrorCode::Certificate, git2::ErrorClass::Ssh, refusal);
+        }
+        if error.code() == git2::ErrorCode::Certificate
+            && error.class() == git2::ErrorClass::Ssh
+            && let Some(shown) = &notes.host_key
+        {
+            let home = std::env::var("HOME").unwrap_or_else(|_| "unset".to_owned());
+            return git2::Error::new(
+                error.code(),
+                error.class(),
+                format!(
+                    "the host key of {shown} is unknown or does not match ~/.ssh/known_hosts ($HOME is {home}); refusing to connect (set repo.known_hosts_file to a file holding the server's key)"
+                ),
+            );
+        }
+        // sshd may hang up on a refused key (MaxAuthTries) before libgit2
+        // asks for another: libssh2 then reports a failed read.
+        if error.class() == git2::ErrorClass::Ssh
+            && error.message().contains("authentication")
+            && let Some(offered) = &notes.offered
+        {
+            return git2::Error::new(
+                git2::ErrorCode::Auth,
+                error.class(),
+                format!("the remote refused {offered} ({})", error.message()),
+            );
+        }
+        // libgit2 reports a TLS certificate it could not verify as a
+        // generic error of class SSL.
+        if error.class() == git2::ErrorClass::Ssl
+            && (error.code() == git2::ErrorCode::Certificate
+                || error.message().contains("certificate"))
+        {
+            // git2's vendored OpenSSL reads the CA store openssl-probe
+            // found, or $SSL_CERT_FILE / $SSL_CERT_DIR.
+            return git2::Error::new(
+                error.code(),
+                error.class(),
+                format!(
+                    "{} (vsad trusts the system's CA store; for a private CA, point SSL_CERT_FILE in its environment at a PEM bundle that holds it)",
+                    error.message()
+                ),
+            );
+        }
+        error
     }
 
     fn tracking_ref(&self) -> String {
@@ -220,7 +396,7 @@ impl Remote {
 pub fn fetch(path: &Path, remote: &Remote) -> Result<String, SyncError> {
     let is_empty_dir = |p: &Path| std::fs::read_dir(p).is_ok_and(|mut d| d.next().is_none());
     let repo = if !path.exists() || is_empty_dir(path) {
-        let mut fo = remote.fetch_options()?;
+        let (mut fo, notes) = remote.fetch_options()?;
         fo.download_tags(git2::AutotagOption::None);
         git2::build::RepoBuilder::new()
             .branch(&remote.branch)
@@ -229,7 +405,7 @@ pub fn fetch(path: &Path, remote: &Remote) -> Result<String, SyncError> {
             .map_err(|source| SyncError::Clone {
                 url: remote.url.clone(),
                 path: path.display().to_string(),
-                source,
+                source: remote.explain(source, &notes),
             })?
     } else {
         let repo = git2::Repository::open(path).map_err(|_| SyncError::NotAClone {
@@ -255,12 +431,12 @@ pub fn fetch(path: &Path, remote: &Remote) -> Result<String, SyncError> {
             }
         }
         let mut origin = repo.find_remote("origin").map_err(fetch_err)?;
-        let mut fo = remote.fetch_options()?;
+        let (mut fo, notes) = remote.fetch_options()?;
         fo.download_tags(git2::AutotagOption::None);
         let refspec = format!("+refs/heads/{}:{}", remote.branch, remote.tracking_ref());
         origin
             .fetch(&[refspec.as_str()], Some(&mut fo), None)
-            .map_err(fetch_err)?;
+            .map_err(|source| fetch_err(remote.explain(source, &notes)))?;
         drop(origin);
         repo
     };

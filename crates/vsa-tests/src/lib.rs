@@ -7,6 +7,7 @@
 
 pub mod daemon;
 pub mod docker;
+pub mod git_servers;
 pub mod host;
 pub mod pebble;
 
@@ -22,6 +23,11 @@ use std::time::{Duration, Instant};
 /// Finds a program needed by a test. Without it the test is skipped
 /// (returns `None`) locally, and fails under `CI=true`.
 pub fn require(program: &str, why: &str) -> Option<PathBuf> {
+    require_from(program, program, why)
+}
+
+/// [`require`] for a program that Debian ships in `package`.
+pub fn require_from(program: &str, package: &str, why: &str) -> Option<PathBuf> {
     let candidates = [
         PathBuf::from(program),
         PathBuf::from("/usr/sbin").join(program),
@@ -41,7 +47,7 @@ pub fn require(program: &str, why: &str) -> Option<PathBuf> {
         }
     }
     let msg = format!(
-        "`{program}` is not installed; it is needed {why} (Debian: apt-get install {program})"
+        "`{program}` is not installed; it is needed {why} (Debian: apt-get install {package})"
     );
     if std::env::var("CI").is_ok_and(|v| v == "true") {
         panic!("{msg}");
@@ -205,7 +211,7 @@ impl Drop for Nginx {
     }
 }
 
-fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     // Without libc: root's home and the effective uid of /proc/self.
     std::fs::metadata("/proc/self")
         .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)

@@ -68,6 +68,8 @@ pub struct Daemon {
     retry_all: Option<Backoff>,
     /// The drift last audited in report mode, so it is audited once.
     reported_drift: Option<u64>,
+    /// Why the last fetch failed (cleared by the next one that works).
+    fetch_error: Option<String>,
     apply_error: Option<String>,
     renderer: Arc<Renderer>,
     nginx: NginxControl,
@@ -86,6 +88,7 @@ impl Daemon {
             branch: config.repo.branch.clone(),
             token_file: config.repo.token_file.clone(),
             ssh_key_file: config.repo.ssh_key_file.clone(),
+            known_hosts_file: config.repo.known_hosts_file.clone(),
         });
         let renderer = Arc::new(
             Renderer::new(RenderSettings::from(&*config)).with_threads(pipeline::threads()),
@@ -102,6 +105,7 @@ impl Daemon {
             backoff: BTreeMap::new(),
             retry_all: None,
             reported_drift: None,
+            fetch_error: None,
             apply_error: None,
             renderer,
             nginx,
@@ -157,13 +161,21 @@ impl Daemon {
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "fetch failed; the commit in force stays");
                 self.shared.view().metrics.error("fetch");
+                self.fetch_error = Some(e.to_string());
+                self.update_last_error();
                 return false;
             }
             Err(e) => {
                 tracing::error!(error = %e, "fetch panicked");
+                self.fetch_error = Some(format!("fetch panicked: {e}"));
+                self.update_last_error();
                 return false;
             }
         };
+        if self.fetch_error.take().is_some() {
+            tracing::info!("fetching works again");
+            self.update_last_error();
+        }
         let current = self.desired.as_ref().and_then(|d| d.commit.as_deref());
         if current == Some(tip.as_str()) || self.refused.as_deref() == Some(tip.as_str()) {
             return false;
@@ -289,6 +301,7 @@ impl Daemon {
                     r.errors.first().map(String::as_str).unwrap_or("")
                 )
             })
+            .or_else(|| self.fetch_error.clone())
             .or_else(|| self.apply_error.clone());
         self.shared.view().last_error = e;
     }

@@ -1,0 +1,456 @@
+//! `vsad` following HTTPS (token) and SSH (key) remotes through real
+//! servers on loopback: Debian's nginx with TLS, basic auth and
+//! `git http-backend` (fcgiwrap), and Debian's sshd. Pushes go to the bare
+//! repository on disk; the daemon fetches them through the server and the
+//! host's own nginx serves the result. Wrong credentials and unknown or
+//! changed host keys apply nothing, say why, and never print a secret.
+
+use std::path::Path;
+use std::time::Duration;
+
+use vsa_tests::daemon::{Remote, Vsad};
+use vsa_tests::git_servers::{HttpsGitServer, SshGitServer};
+use vsa_tests::host::Host;
+use vsa_tests::{Upstream, free_port, http_get, http_get_until, require};
+
+/// Entry point for the daemon child processes; does nothing in a normal run.
+#[test]
+#[ignore = "entered only as a child process by the other tests"]
+fn child_vsad() {
+    vsa_tests::daemon::child_main();
+}
+
+/// Entry point for `Host::vsactl_child` (not used here, but the harness
+/// expects every test binary to have it).
+#[test]
+#[ignore = "entered only as a child process by the other tests"]
+fn child_vsactl() {
+    vsa_tests::host::child_main();
+}
+
+const TOKEN: &str = "tok-5f3a9c1e-right-4b7d";
+const WRONG_TOKEN: &str = "tok-77d2b0aa-wrong-9e01";
+
+/// A host (its nginx started) and a bare repository on disk holding site
+/// `a.vsa.test`; returns them with the upstream and the first commit.
+fn host_with_a_site() -> Option<(Host, Upstream, Remote, String)> {
+    let bin = require("nginx", "to run vsad against a real nginx")?;
+    let up = Upstream::start("app");
+    let mut h = Host::new(bin);
+    h.start();
+    let remote = Remote::new(&h.root);
+    remote.site("a.vsa.test", &up);
+    let first = remote.push("site a");
+    Some((h, up, remote, first))
+}
+
+/// vsad follows `url` (polling every second) into `clone/`; `repo_extra`
+/// goes under `repo:`.
+fn follow(h: &Host, api_port: u16, url: &str, repo_extra: &str) {
+    h.configure(&format!(
+        "repo:\n  path: clone\n  url: {url}\n  poll: 1s\n{repo_extra}dashboard:\n  listen: 127.0.0.1:{api_port}\n"
+    ));
+}
+
+fn served(h: &Host, domain: &str) -> bool {
+    http_get(h.http_port, domain, "/", &[]).status == 200
+}
+
+/// The body `domain` is served with, allowing for nginx's worker swap.
+fn body_soon(h: &Host, domain: &str) -> String {
+    let r = http_get_until(h.http_port, domain, "/", &[], |r| r.status == 200);
+    assert_eq!(r.status, 200, "{domain} is not served: {}", r.body);
+    r.body
+}
+
+/// `vsa_apply_errors_total{kind="fetch"}` from vsad's /metrics.
+fn fetch_errors(d: &Vsad) -> u64 {
+    let metrics = http_get(d.port, "localhost", "/metrics", &[]).body;
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("vsa_apply_errors_total{kind=\"fetch\"} "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Waits until a fetch failed with `needle` in the logged error and in
+/// `/api/status`'s `last_error`; returns that log line.
+fn fetch_failure(d: &mut Vsad, needle: &str) -> String {
+    d.wait(
+        &format!("a fetch error naming `{needle}`"),
+        Duration::from_secs(20),
+        |d| {
+            fetch_errors(d) >= 1
+                && d.log().contains(needle)
+                && d.status().is_some_and(|s| {
+                    s["last_error"]
+                        .as_str()
+                        .is_some_and(|e| e.contains("cannot") && e.contains(needle))
+                })
+        },
+    );
+    let line = d
+        .log()
+        .lines()
+        .find(|l| l.contains("fetch failed") && l.contains(needle))
+        .unwrap_or_else(|| panic!("no `fetch failed` line names `{needle}`:\n{}", d.log()))
+        .to_owned();
+    eprintln!("vsad: {line}");
+    line
+}
+
+/// Nothing of the desired state reached the host: no commit in force, no
+/// reconcile, no vhost, no reload, the site unknown to nginx.
+fn assert_nothing_applied(h: &Host, d: &Vsad) {
+    let st = d.status().unwrap();
+    assert!(st["commit"].is_null(), "{st}");
+    assert!(st["last_reconcile"].is_null(), "{st}");
+    assert!(!h.path("etc/nginx/conf.d/a.vsa.test.conf").exists());
+    assert!(!h.path("clone/sites").exists(), "a clone was checked out");
+    assert_eq!(h.reloads(), 0);
+    assert_eq!(http_get(h.http_port, "a.vsa.test", "/", &[]).status, 404);
+}
+
+/// `secret` is in nothing vsad wrote or answers: its log, status, plan,
+/// metrics and audit trail.
+fn assert_never_shown(h: &Host, d: &Vsad, secret: &str) {
+    let outputs = [
+        ("the log", d.log()),
+        (
+            "/api/status",
+            d.status().map(|s| s.to_string()).unwrap_or_default(),
+        ),
+        (
+            "/api/plan",
+            d.get_json("/api/plan")
+                .map(|s| s.to_string())
+                .unwrap_or_default(),
+        ),
+        (
+            "/metrics",
+            http_get(d.port, "localhost", "/metrics", &[]).body,
+        ),
+        (
+            "the audit log",
+            std::fs::read_to_string(h.path("var/log/vsa/audit.jsonl")).unwrap_or_default(),
+        ),
+    ];
+    for (what, text) in outputs {
+        assert!(!text.contains(secret), "{what} shows a secret:\n{text}");
+    }
+}
+
+/// An empty home for vsad, so the machine's `~/.ssh/known_hosts` never
+/// decides a test.
+fn empty_home(h: &Host) -> String {
+    let home = h.path("home");
+    std::fs::create_dir_all(&home).unwrap();
+    home.display().to_string()
+}
+
+fn write(path: &Path, text: &str) {
+    std::fs::write(path, text).unwrap();
+}
+
+#[test]
+fn https_with_the_right_token_clones_and_follows_pushes() {
+    let Some((h, up, remote, first)) = host_with_a_site() else {
+        return;
+    };
+    let Some(server) = HttpsGitServer::start(&h.root, TOKEN) else {
+        return;
+    };
+    write(&h.path("git.token"), &format!("{TOKEN}\n"));
+    let port = free_port();
+    follow(
+        &h,
+        port,
+        &server.url(&remote.bare),
+        "  token_file: git.token\n",
+    );
+    let ca = server.ca_file.display().to_string();
+    let mut d = Vsad::start_with_env(&h, port, &[("SSL_CERT_FILE", &ca)]);
+
+    assert_eq!(d.status().unwrap()["commit"], first.as_str(), "{}", d.log());
+    assert!(body_soon(&h, "a.vsa.test").starts_with("upstream=app "));
+    // It went through the server, authenticated.
+    let access = server.access_log();
+    assert!(
+        access.contains("x-access-token") && access.contains("git-upload-pack"),
+        "{}",
+        server.logs()
+    );
+
+    // A second commit is fetched and applied.
+    remote.site("b.vsa.test", &up);
+    let second = remote.push("site b");
+    d.wait("b served", Duration::from_secs(15), |_| {
+        served(&h, "b.vsa.test")
+    });
+    d.wait("the second commit in force", Duration::from_secs(5), |d| {
+        d.status().unwrap()["commit"] == second.as_str()
+    });
+    assert_eq!(d.status().unwrap()["in_sync"], true);
+    assert_eq!(fetch_errors(&d), 0, "{}", d.log());
+    assert_never_shown(&h, &d, TOKEN);
+
+    let (status, _) = d.terminate();
+    assert!(status.success(), "{status}: {}", d.log());
+}
+
+#[test]
+fn https_with_a_wrong_token_applies_nothing_names_the_refusal_and_recovers() {
+    let Some((h, _up, remote, first)) = host_with_a_site() else {
+        return;
+    };
+    let Some(server) = HttpsGitServer::start(&h.root, TOKEN) else {
+        return;
+    };
+    let token_file = h.path("git.token");
+    write(&token_file, &format!("{WRONG_TOKEN}\n"));
+    let port = free_port();
+    let url = server.url(&remote.bare);
+    follow(&h, port, &url, "  token_file: git.token\n");
+    let ca = server.ca_file.display().to_string();
+    let mut d = Vsad::spawn_with(&h, port, &[("SSL_CERT_FILE", &ca)], None);
+
+    let line = fetch_failure(&mut d, "refused the token in repo.token_file");
+    assert!(
+        line.contains(&url) && line.contains(&token_file.display().to_string()),
+        "the error names the URL and the token file: {line}"
+    );
+    // The server saw the attempts, and refused them.
+    assert!(server.access_log().contains(" 401 "), "{}", server.logs());
+    assert_nothing_applied(&h, &d);
+    assert_never_shown(&h, &d, WRONG_TOKEN);
+    assert_never_shown(&h, &d, TOKEN);
+
+    // The right token, rotated in place, is read at the next poll.
+    write(&token_file, &format!("{TOKEN}\n"));
+    d.wait(
+        "a served after the token fix",
+        Duration::from_secs(15),
+        |_| served(&h, "a.vsa.test"),
+    );
+    d.wait("the commit in force", Duration::from_secs(5), |d| {
+        d.status().unwrap()["commit"] == first.as_str()
+    });
+    // The fetch error is gone from the status with the fetch that worked.
+    let st = d.status().unwrap();
+    assert!(st["last_error"].is_null(), "{st}");
+    assert_never_shown(&h, &d, WRONG_TOKEN);
+    assert_never_shown(&h, &d, TOKEN);
+}
+
+#[test]
+fn https_with_an_untrusted_certificate_applies_nothing() {
+    let Some((h, _up, remote, _)) = host_with_a_site() else {
+        return;
+    };
+    let Some(server) = HttpsGitServer::start(&h.root, TOKEN) else {
+        return;
+    };
+    write(&h.path("git.token"), &format!("{TOKEN}\n"));
+    let port = free_port();
+    follow(
+        &h,
+        port,
+        &server.url(&remote.bare),
+        "  token_file: git.token\n",
+    );
+    // The system's CA store only: the test CA is not in it.
+    let mut d = Vsad::spawn_with(&h, port, &[], None);
+
+    let line = fetch_failure(&mut d, "certificate");
+    assert!(line.contains("SSL_CERT_FILE"), "a hint at the fix: {line}");
+    assert_nothing_applied(&h, &d);
+    assert!(
+        !server.access_log().contains("git-upload-pack"),
+        "nothing was asked of an untrusted server: {}",
+        server.logs()
+    );
+    assert_never_shown(&h, &d, TOKEN);
+}
+
+#[test]
+fn ssh_with_the_right_key_and_a_known_host_key_clones_and_follows_pushes() {
+    let Some((h, up, remote, first)) = host_with_a_site() else {
+        return;
+    };
+    let Some(server) = SshGitServer::start() else {
+        return;
+    };
+    write(
+        &h.path("known_hosts"),
+        &format!("# the git server\n{}\n", server.known_hosts_line),
+    );
+    let port = free_port();
+    follow(
+        &h,
+        port,
+        &server.url(&remote.bare),
+        &format!(
+            "  ssh_key_file: {}\n  known_hosts_file: known_hosts\n",
+            server.client_key.display()
+        ),
+    );
+    let home = empty_home(&h);
+    let mut d = Vsad::start_with_env(&h, port, &[("HOME", &home)]);
+
+    assert_eq!(
+        d.status().unwrap()["commit"],
+        first.as_str(),
+        "{}\nsshd: {}",
+        d.log(),
+        server.log()
+    );
+    assert!(body_soon(&h, "a.vsa.test").starts_with("upstream=app "));
+    assert!(
+        server.log().contains("Accepted publickey"),
+        "{}",
+        server.log()
+    );
+
+    remote.site("b.vsa.test", &up);
+    let second = remote.push("site b");
+    d.wait("b served", Duration::from_secs(15), |_| {
+        served(&h, "b.vsa.test")
+    });
+    d.wait("the second commit in force", Duration::from_secs(5), |d| {
+        d.status().unwrap()["commit"] == second.as_str()
+    });
+    assert_eq!(fetch_errors(&d), 0, "{}", d.log());
+
+    let (status, _) = d.terminate();
+    assert!(status.success(), "{status}: {}", d.log());
+}
+
+#[test]
+fn ssh_with_an_unknown_or_changed_host_key_is_refused_before_logging_in() {
+    let Some((h, _up, remote, first)) = host_with_a_site() else {
+        return;
+    };
+    let Some(server) = SshGitServer::start() else {
+        return;
+    };
+    let port = free_port();
+    let url = server.url(&remote.bare);
+    let key = format!("  ssh_key_file: {}\n", server.client_key.display());
+    let home = empty_home(&h);
+    let name = format!("[127.0.0.1]:{}", server.port);
+    let known_hosts = h.path("known_hosts");
+    let known_hosts_shown = known_hosts.display().to_string();
+
+    // No repo.known_hosts_file and an empty ~/.ssh: unknown, refused.
+    follow(&h, port, &url, &key);
+    let mut d = Vsad::spawn_with(&h, port, &[("HOME", &home)], None);
+    let line = fetch_failure(&mut d, "unknown or does not match ~/.ssh/known_hosts");
+    // The fingerprint is the one `ssh-keygen -l` shows for the server.
+    assert!(
+        line.contains(&format!(
+            "the host key of {name} (ssh-ed25519 {})",
+            server.fingerprint()
+        )),
+        "{line}"
+    );
+    assert!(line.contains("repo.known_hosts_file"), "{line}");
+    assert_nothing_applied(&h, &d);
+    d.terminate();
+
+    // A known_hosts_file with another key for the server: a changed key.
+    write(
+        &known_hosts,
+        &format!("{}\n", server.other_known_hosts_line()),
+    );
+    follow(
+        &h,
+        port,
+        &url,
+        &format!("{key}  known_hosts_file: known_hosts\n"),
+    );
+    let mut d = Vsad::spawn_with(&h, port, &[("HOME", &home)], None);
+    let line = fetch_failure(&mut d, "does not match the ssh-ed25519 key for it");
+    assert!(
+        line.contains(&name) && line.contains(&format!("{known_hosts_shown} (line 1)")),
+        "{line}"
+    );
+    assert_nothing_applied(&h, &d);
+    d.terminate();
+
+    // A known_hosts_file that knows other hosts only: unknown, refused.
+    let real_key = server
+        .known_hosts_line
+        .split_once(' ')
+        .map(|(_, k)| k)
+        .unwrap();
+    write(
+        &known_hosts,
+        &format!("[127.0.0.1]:1 {real_key}\ngit.example.com {real_key}\n"),
+    );
+    let mut d = Vsad::spawn_with(&h, port, &[("HOME", &home)], None);
+    let line = fetch_failure(&mut d, "is not in repo.known_hosts_file");
+    assert!(
+        line.contains(&name) && line.contains(&known_hosts_shown),
+        "{line}"
+    );
+    assert!(
+        line.contains(&format!("-p {} 127.0.0.1", server.port)),
+        "{line}"
+    );
+    assert_nothing_applied(&h, &d);
+    d.terminate();
+
+    // The key was never offered to a server that was not verified (sshd
+    // logs every public key offered, accepted or not).
+    assert!(!server.log().contains("publickey"), "{}", server.log());
+
+    // The right host key, and the same setup works.
+    write(&known_hosts, &format!("{}\n", server.known_hosts_line));
+    let d = Vsad::start_with_env(&h, port, &[("HOME", &home)]);
+    assert_eq!(d.status().unwrap()["commit"], first.as_str(), "{}", d.log());
+    assert!(body_soon(&h, "a.vsa.test").starts_with("upstream=app "));
+}
+
+#[test]
+fn ssh_with_a_key_the_server_does_not_authorize_applies_nothing() {
+    let Some((h, _up, remote, _)) = host_with_a_site() else {
+        return;
+    };
+    let Some(server) = SshGitServer::start() else {
+        return;
+    };
+    write(
+        &h.path("known_hosts"),
+        &format!("{}\n", server.known_hosts_line),
+    );
+    let key = server.unauthorized_key();
+    let port = free_port();
+    let url = server.url(&remote.bare);
+    follow(
+        &h,
+        port,
+        &url,
+        &format!(
+            "  ssh_key_file: {}\n  known_hosts_file: known_hosts\n",
+            key.display()
+        ),
+    );
+    let home = empty_home(&h);
+    let mut d = Vsad::spawn_with(&h, port, &[("HOME", &home)], None);
+
+    let line = fetch_failure(&mut d, "refused the key in repo.ssh_key_file");
+    assert!(
+        line.contains(&url) && line.contains(&key.display().to_string()),
+        "{line}"
+    );
+    assert!(
+        !server.log().contains("Accepted publickey"),
+        "{}",
+        server.log()
+    );
+    assert_nothing_applied(&h, &d);
+    // The private key itself is never shown.
+    let private = std::fs::read_to_string(&key).unwrap();
+    let secret_line = private.lines().nth(1).unwrap();
+    assert_never_shown(&h, &d, secret_line);
+}
