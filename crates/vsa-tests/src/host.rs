@@ -126,8 +126,7 @@ impl Host {
 
     /// Runs the real vsactl code in a child process (this test binary,
     /// re-entered through `child_vsactl`), for kills and for stdin. The
-    /// test binary must define that entry:
-    /// `#[test] #[ignore] fn child_vsactl() { vsa_tests::host::child_main() }`.
+    /// test binary must define that entry: `vsa_tests::child_entry_points!()`.
     pub fn vsactl_child(&self, args: &[&str], envs: &[(&str, &str)]) -> std::process::Output {
         vsactl_child_in(&self.root, &self.config_file, args, envs)
     }

@@ -517,3 +517,50 @@ pub fn test_repo() -> (tempfile::TempDir, PathBuf, PathBuf) {
     .unwrap();
     (dir, root, repo)
 }
+
+/// A test CA and a certificate it signed for `127.0.0.1` and `localhost`,
+/// written to `dir` as `ca.pem`, `cert.pem` and `key.pem`: TLS for a
+/// server the tests run on loopback.
+pub fn loopback_tls(dir: &Path, ca_name: &str) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, ca_name);
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params =
+        rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+            .unwrap();
+    let cert = params.signed_by(&key, &ca).unwrap();
+    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    std::fs::write(dir.join("cert.pem"), cert.pem()).unwrap();
+    std::fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
+}
+
+/// The entry points the harnesses re-enter a test binary through: `Vsad`
+/// and `Host::vsactl_child` start the running test binary with `--exact
+/// child_vsad` or `--exact child_vsactl`. Each test file that starts
+/// either calls this once, at its top level; in a normal run both are
+/// ignored tests.
+#[macro_export]
+macro_rules! child_entry_points {
+    () => {
+        /// Entry point for the daemon child processes; does nothing in a
+        /// normal run.
+        #[test]
+        #[ignore = "entered only as a child process by the other tests"]
+        fn child_vsad() {
+            $crate::daemon::child_main();
+        }
+
+        /// Entry point for the `vsactl` child processes; does nothing in a
+        /// normal run.
+        #[test]
+        #[ignore = "entered only as a child process by the other tests"]
+        fn child_vsactl() {
+            $crate::host::child_main();
+        }
+    };
+}

@@ -36,21 +36,7 @@ impl Pebble {
         let d = dir.path();
 
         // The listener's CA and certificate.
-        let ca_key = rcgen::KeyPair::generate().unwrap();
-        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "vsa test: pebble listener CA");
-        let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
-        let key = rcgen::KeyPair::generate().unwrap();
-        let params =
-            rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
-                .unwrap();
-        let cert = params.signed_by(&key, &ca).unwrap();
-        std::fs::write(d.join("ca.pem"), ca.pem()).unwrap();
-        std::fs::write(d.join("cert.pem"), cert.pem()).unwrap();
-        std::fs::write(d.join("key.pem"), key.serialize_pem()).unwrap();
+        crate::loopback_tls(d, "vsa test: pebble listener CA");
 
         let (acme, management, dns, dns_management) =
             (free_port(), free_port(), free_port(), free_port());

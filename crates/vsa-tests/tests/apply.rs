@@ -15,12 +15,7 @@ fn nginx() -> Option<PathBuf> {
     require("nginx", "to apply against a real nginx")
 }
 
-/// Entry point for `Host::vsactl_child`; does nothing in a normal run.
-#[test]
-#[ignore = "entered only as a child process by the other tests"]
-fn child_vsactl() {
-    vsa_tests::host::child_main();
-}
+vsa_tests::child_entry_points!();
 
 #[test]
 fn apply_converges_serves_and_a_second_apply_changes_nothing() {

@@ -11,20 +11,7 @@ use vsa_tests::daemon::{Remote, Vsad};
 use vsa_tests::host::Host;
 use vsa_tests::{Upstream, free_port, http_get, http_get_until, http_request, require};
 
-/// Entry point for the daemon child processes; does nothing in a normal run.
-#[test]
-#[ignore = "entered only as a child process by the other tests"]
-fn child_vsad() {
-    vsa_tests::daemon::child_main();
-}
-
-/// Entry point for `Host::vsactl_child` (not used here, but the harness
-/// expects every test binary to have it).
-#[test]
-#[ignore = "entered only as a child process by the other tests"]
-fn child_vsactl() {
-    vsa_tests::host::child_main();
-}
+vsa_tests::child_entry_points!();
 
 fn nginx() -> Option<PathBuf> {
     require("nginx", "to run vsad against a real nginx")

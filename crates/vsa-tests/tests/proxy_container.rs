@@ -26,12 +26,7 @@ fn reloads(root: &Path) -> usize {
         .count()
 }
 
-/// Entry point for `vsactl_child_in`; does nothing in a normal run.
-#[test]
-#[ignore = "entered only as a child process by the other tests"]
-fn child_vsactl() {
-    vsa_tests::host::child_main();
-}
+vsa_tests::child_entry_points!();
 
 #[test]
 fn nginx_in_a_container_is_tested_and_reloaded_through_docker_exec() {

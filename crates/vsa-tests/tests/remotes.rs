@@ -13,20 +13,7 @@ use vsa_tests::git_servers::{HttpsGitServer, SshGitServer};
 use vsa_tests::host::Host;
 use vsa_tests::{Upstream, free_port, http_get, http_get_until, require};
 
-/// Entry point for the daemon child processes; does nothing in a normal run.
-#[test]
-#[ignore = "entered only as a child process by the other tests"]
-fn child_vsad() {
-    vsa_tests::daemon::child_main();
-}
-
-/// Entry point for `Host::vsactl_child` (not used here, but the harness
-/// expects every test binary to have it).
-#[test]
-#[ignore = "entered only as a child process by the other tests"]
-fn child_vsactl() {
-    vsa_tests::host::child_main();
-}
+vsa_tests::child_entry_points!();
 
 const TOKEN: &str = "tok-5f3a9c1e-right-4b7d";
 const WRONG_TOKEN: &str = "tok-77d2b0aa-wrong-9e01";
@@ -152,24 +139,61 @@ fn write(path: &Path, text: &str) {
     std::fs::write(path, text).unwrap();
 }
 
+/// A host with site `a.vsa.test` in a bare repository served over HTTPS
+/// (token `TOKEN`), and vsad's config following it with `token` in
+/// `git.token`.
+struct HttpsCase {
+    h: Host,
+    up: Upstream,
+    remote: Remote,
+    first: String,
+    server: HttpsGitServer,
+    token_file: std::path::PathBuf,
+    url: String,
+    port: u16,
+}
+
+fn https_case(token: &str) -> Option<HttpsCase> {
+    let (h, up, remote, first) = host_with_a_site()?;
+    let server = HttpsGitServer::start(&h.root, TOKEN)?;
+    let token_file = h.path("git.token");
+    write(&token_file, &format!("{token}\n"));
+    let port = free_port();
+    let url = server.url(&remote.bare);
+    follow(&h, port, &url, "  token_file: git.token\n");
+    Some(HttpsCase {
+        h,
+        up,
+        remote,
+        first,
+        server,
+        token_file,
+        url,
+        port,
+    })
+}
+
+impl HttpsCase {
+    /// `SSL_CERT_FILE` for vsad: the test CA.
+    fn trust(&self) -> String {
+        self.server.ca_file.display().to_string()
+    }
+}
+
 #[test]
 fn https_with_the_right_token_clones_and_follows_pushes() {
-    let Some((h, up, remote, first)) = host_with_a_site() else {
+    let Some(case) = https_case(TOKEN) else {
         return;
     };
-    let Some(server) = HttpsGitServer::start(&h.root, TOKEN) else {
-        return;
-    };
-    write(&h.path("git.token"), &format!("{TOKEN}\n"));
-    let port = free_port();
-    follow(
-        &h,
-        port,
-        &server.url(&remote.bare),
-        "  token_file: git.token\n",
-    );
-    let ca = server.ca_file.display().to_string();
-    let mut d = Vsad::start_with_env(&h, port, &[("SSL_CERT_FILE", &ca)]);
+    let mut d = Vsad::start_with_env(&case.h, case.port, &[("SSL_CERT_FILE", &case.trust())]);
+    let HttpsCase {
+        h,
+        up,
+        remote,
+        first,
+        server,
+        ..
+    } = case;
 
     assert_eq!(d.status().unwrap()["commit"], first.as_str(), "{}", d.log());
     assert!(body_soon(&h, "a.vsa.test").starts_with("upstream=app "));
@@ -200,19 +224,23 @@ fn https_with_the_right_token_clones_and_follows_pushes() {
 
 #[test]
 fn https_with_a_wrong_token_applies_nothing_names_the_refusal_and_recovers() {
-    let Some((h, _up, remote, first)) = host_with_a_site() else {
+    let Some(case) = https_case(WRONG_TOKEN) else {
         return;
     };
-    let Some(server) = HttpsGitServer::start(&h.root, TOKEN) else {
-        return;
-    };
-    let token_file = h.path("git.token");
-    write(&token_file, &format!("{WRONG_TOKEN}\n"));
-    let port = free_port();
-    let url = server.url(&remote.bare);
-    follow(&h, port, &url, "  token_file: git.token\n");
-    let ca = server.ca_file.display().to_string();
-    let mut d = Vsad::spawn_with(&h, port, &[("SSL_CERT_FILE", &ca)], None);
+    let mut d = Vsad::spawn_with(
+        &case.h,
+        case.port,
+        &[("SSL_CERT_FILE", &case.trust())],
+        None,
+    );
+    let HttpsCase {
+        h,
+        first,
+        server,
+        token_file,
+        url,
+        ..
+    } = case;
 
     let line = fetch_failure(&mut d, "refused the token in repo.token_file");
     assert!(
@@ -244,22 +272,12 @@ fn https_with_a_wrong_token_applies_nothing_names_the_refusal_and_recovers() {
 
 #[test]
 fn https_with_an_untrusted_certificate_applies_nothing() {
-    let Some((h, _up, remote, _)) = host_with_a_site() else {
+    let Some(case) = https_case(TOKEN) else {
         return;
     };
-    let Some(server) = HttpsGitServer::start(&h.root, TOKEN) else {
-        return;
-    };
-    write(&h.path("git.token"), &format!("{TOKEN}\n"));
-    let port = free_port();
-    follow(
-        &h,
-        port,
-        &server.url(&remote.bare),
-        "  token_file: git.token\n",
-    );
     // The system's CA store only: the test CA is not in it.
-    let mut d = Vsad::spawn_with(&h, port, &[], None);
+    let mut d = Vsad::spawn_with(&case.h, case.port, &[], None);
+    let HttpsCase { h, server, .. } = case;
 
     let line = fetch_failure(&mut d, "certificate");
     assert!(line.contains("SSL_CERT_FILE"), "a hint at the fix: {line}");

@@ -9,12 +9,7 @@ use vsa_tests::docker::{BUSYBOX, ProxiedHost, docker, docker_output, require_doc
 use vsa_tests::host::{audit_lines_in, vsactl_child_in, vsactl_in};
 use vsa_tests::http_get_until;
 
-/// Entry point for `vsactl_child_in`; does nothing in a normal run.
-#[test]
-#[ignore = "entered only as a child process by the other tests"]
-fn child_vsactl() {
-    vsa_tests::host::child_main();
-}
+vsa_tests::child_entry_points!();
 
 /// The proxy-in-a-container host, with what these tests do to it.
 struct Proxied(ProxiedHost);
