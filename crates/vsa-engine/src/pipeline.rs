@@ -71,6 +71,9 @@ pub async fn observe(
 }
 
 /// [`observe`] from synchronous code (its own single-threaded runtime).
+/// When an apply ever made the state store, it is read for the
+/// certificates vsa issued, so `vsactl diff` plans their deletes exactly
+/// as an apply (or vsad's `/api/plan`) would; no store is created.
 pub fn observe_blocking(
     config: &Config,
     model: &Model,
@@ -80,7 +83,15 @@ pub fn observe_blocking(
         .enable_all()
         .build()
         .map_err(PipelineError::Runtime)?
-        .block_on(observe(config, model, host, None))
+        .block_on(async {
+            if !config.paths.state.join(vsa_store::DB_FILE).exists() {
+                return observe(config, model, host, None).await;
+            }
+            let store = vsa_store::Store::open(&config.paths.state).await?;
+            let observed = observe(config, model, host, Some(&store)).await;
+            store.close().await;
+            observed
+        })
 }
 
 /// How many threads parsing may use: the cores there are, at most 4.

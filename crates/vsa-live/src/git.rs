@@ -389,6 +389,25 @@ impl Remote {
     }
 }
 
+/// `url` as errors and logs may show it: a password in it (as in
+/// `https://user:TOKEN@host/repo.git`) becomes `***`. Errors reach
+/// `/api/status`, which needs no more than the dashboard token to read.
+pub fn redacted(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
+            let hidden = if userinfo.contains(':') { ":***" } else { "" };
+            format!("{scheme}://{user}{hidden}@{host}{path}")
+        }
+        None => url.to_owned(),
+    }
+}
+
 /// Brings the clone at `path` up to date with `remote`: clones it when
 /// `path` is absent or empty, else fetches the branch. Returns the commit
 /// at the tip of the remote branch. The work tree is left alone (see
@@ -403,7 +422,7 @@ pub fn fetch(path: &Path, remote: &Remote) -> Result<String, SyncError> {
             .fetch_options(fo)
             .clone(&remote.url, path)
             .map_err(|source| SyncError::Clone {
-                url: remote.url.clone(),
+                url: redacted(&remote.url),
                 path: path.display().to_string(),
                 source: remote.explain(source, &notes),
             })?
@@ -412,7 +431,7 @@ pub fn fetch(path: &Path, remote: &Remote) -> Result<String, SyncError> {
             path: path.display().to_string(),
         })?;
         let fetch_err = |source| SyncError::Fetch {
-            url: remote.url.clone(),
+            url: redacted(&remote.url),
             branch: remote.branch.clone(),
             source,
         };
@@ -443,7 +462,7 @@ pub fn fetch(path: &Path, remote: &Remote) -> Result<String, SyncError> {
     let tip = repo
         .refname_to_id(&remote.tracking_ref())
         .map_err(|source| SyncError::Fetch {
-            url: remote.url.clone(),
+            url: redacted(&remote.url),
             branch: remote.branch.clone(),
             source,
         })?;
@@ -466,4 +485,29 @@ pub fn checkout(path: &Path, commit: &str) -> Result<(), SyncError> {
     repo.checkout_tree(&object, Some(&mut co)).map_err(err)?;
     repo.set_head_detached(oid).map_err(err)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redacted;
+
+    #[test]
+    fn passwords_in_urls_are_never_shown() {
+        assert_eq!(
+            redacted("https://x-access-token:ghp_s3cret@github.com/ops/state.git"),
+            "https://x-access-token:***@github.com/ops/state.git"
+        );
+        assert_eq!(
+            redacted("https://user:p@ss@git.example.com:8443/a.git"),
+            "https://user:***@git.example.com:8443/a.git"
+        );
+        for shown in [
+            "https://git.example.com/ops/state.git",
+            "ssh://git@git.example.com:2222/ops/state.git",
+            "git@git.example.com:ops/state.git",
+            "file:///srv/git/state.git",
+        ] {
+            assert_eq!(redacted(shown), shown);
+        }
+    }
 }

@@ -10,12 +10,7 @@ use vsa_tests::host::Host;
 use vsa_tests::pebble::Pebble;
 use vsa_tests::{Upstream, http_get_until, require};
 
-/// Entry point for `Host::vsactl_child`; does nothing in a normal run.
-#[test]
-#[ignore = "entered only as a child process by the other tests"]
-fn child_vsactl() {
-    vsa_tests::host::child_main();
-}
+vsa_tests::child_entry_points!();
 
 fn nginx() -> Option<PathBuf> {
     require("nginx", "to serve the ACME challenges and the sites")
@@ -237,8 +232,28 @@ fn acme_sites_get_certificates_a_failing_one_fails_alone_and_renewal_reloads() {
             .any(|e| e["action"] == "cert.renew" && e["target"] == "b.vsa.test")
     );
 
-    // A site removed: its vhost goes, then the certificate vsa issued.
+    // A site removed: its vhost goes, then the certificate vsa issued;
+    // `vsactl diff` shows both, as the apply will do them.
     std::fs::remove_file(h.repo.join("sites/b.vsa.test.yaml")).unwrap();
+    let diff = h.vsactl_child(&["diff", "--format", "json"], &[]);
+    let plan = vsa_tests::host::child_json(&diff.stdout);
+    let planned: Vec<(&str, &str, &str)> = plan["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["action"].as_str().unwrap(),
+                c["kind"].as_str().unwrap(),
+                c["name"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert!(
+        planned.contains(&("delete", "cert", "b.vsa.test"))
+            && planned.contains(&("delete", "vhost", "b.vsa.test")),
+        "{plan}"
+    );
     assert_eq!(h.vsactl(&["apply", "--yes"]), ExitCode::SUCCESS);
     assert!(!h.path("etc/letsencrypt/live/b.vsa.test").exists());
     assert!(!h.path("etc/nginx/conf.d/b.vsa.test.conf").exists());
