@@ -36,15 +36,18 @@ pub enum Trigger {
 
 /// vsad — keep this host equal to the desired-state repository.
 ///
-/// Reads the same configuration as vsactl (DESIGN §4). With `repo.url` it
-/// clones the repository into `repo.path` and fetches every `repo.poll`
-/// (and on a signed `POST /hooks/git`); without it, it watches the working
-/// copy at `repo.path`. A commit that fails validation is never applied:
+/// Reads the same configuration as vsactl (docs/configuration.md). With
+/// `repo.url` (`file://`; `https://` with `repo.token_file`; `ssh://` with
+/// `repo.ssh_key_file` and `repo.known_hosts_file`) it clones the
+/// repository into `repo.path` and fetches every `repo.poll` (and on a
+/// signed `POST /hooks/git`); without it, it watches the working copy at
+/// `repo.path`. A commit that fails validation is never applied:
 /// the last good one stays in force. In `mode: apply` drift is repaired
 /// within seconds; in `mode: report` it is only shown and audited.
 ///
 /// Serves /healthz, /api/status, /api/plan, /api/certs and /metrics on
-/// `dashboard.listen`. Stops cleanly on SIGTERM or SIGINT.
+/// `dashboard.listen`. Stops cleanly on SIGTERM or SIGINT. `VSA_LOG` sets
+/// the log filter (e.g. `debug`); logs are JSON lines off a terminal.
 #[derive(Debug, Parser)]
 #[command(name = "vsad", version, about, long_about)]
 pub struct Cli {
