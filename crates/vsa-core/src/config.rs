@@ -43,6 +43,9 @@ pub struct RepoConfig {
     /// SSH remotes: the `known_hosts` file the server's host key must be
     /// in; without it, `~/.ssh/known_hosts` (extension).
     pub known_hosts_file: Option<PathBuf>,
+    /// How long connecting to the remote, or waiting for it to answer, may
+    /// take before a fetch gives up (extension; `repo.timeout`, 30 s).
+    pub timeout_ms: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -171,6 +174,7 @@ struct RawRepo {
     token_file: Option<String>,
     ssh_key_file: Option<String>,
     known_hosts_file: Option<String>,
+    timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -323,6 +327,20 @@ impl Config {
                 }
             },
         };
+        let timeout_ms = match &raw.repo.timeout {
+            None => 30_000,
+            Some(t) => match names::parse_duration(t) {
+                Ok(ms) if ms >= 1000 => ms,
+                Ok(_) => {
+                    bad(format!("repo.timeout `{t}` is shorter than 1s"));
+                    30_000
+                }
+                Err(e) => {
+                    bad(format!("repo.timeout: {e}"));
+                    30_000
+                }
+            },
+        };
         let paths = Paths {
             vhosts: given(&raw.paths.vhosts, "/etc/nginx/conf.d"),
             htpasswd: given(&raw.paths.htpasswd, "/etc/nginx/htpasswd"),
@@ -437,6 +455,7 @@ impl Config {
                 token_file: opt_path(&raw.repo.token_file),
                 ssh_key_file: opt_path(&raw.repo.ssh_key_file),
                 known_hosts_file: opt_path(&raw.repo.known_hosts_file),
+                timeout_ms,
             },
             nginx: NginxConfig {
                 test,
@@ -556,6 +575,7 @@ mod tests {
         );
         assert_eq!(c.nginx.paths.htpasswd, c.paths.htpasswd);
         assert_eq!(c.repo.poll_ms, 60_000);
+        assert_eq!(c.repo.timeout_ms, 30_000);
         assert_eq!(c.mode, Mode::Apply);
     }
 
@@ -610,5 +630,11 @@ mod tests {
     fn bad_values_are_reported() {
         let e = parse("repo: {poll: soon}\ndashboard: {listen: nowhere}\n").unwrap_err();
         assert_eq!(e.len(), 2);
+        let e = parse("repo: {timeout: 10ms}\n").unwrap_err();
+        assert!(e[0].message.contains("repo.timeout"), "{}", e[0].message);
+        assert_eq!(
+            parse("repo: {timeout: 2m}\n").unwrap().repo.timeout_ms,
+            120_000
+        );
     }
 }

@@ -364,6 +364,20 @@ impl Remote {
                 format!("the remote refused {offered} ({})", error.message()),
             );
         }
+        // libgit2's timeouts (vsad sets them from repo.timeout) surface as
+        // the socket's or libssh2's "timed out", or through OpenSSL as
+        // EAGAIN.
+        let message = error.message().to_ascii_lowercase();
+        if message.contains("timed out") || message.contains("resource temporarily unavailable") {
+            return git2::Error::new(
+                git2::ErrorCode::GenericError,
+                error.class(),
+                format!(
+                    "the remote did not answer within repo.timeout ({})",
+                    error.message()
+                ),
+            );
+        }
         // libgit2 reports a TLS certificate it could not verify as a
         // generic error of class SSL.
         if error.class() == git2::ErrorClass::Ssl

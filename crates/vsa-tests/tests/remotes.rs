@@ -472,3 +472,81 @@ fn ssh_with_a_key_the_server_does_not_authorize_applies_nothing() {
     let secret_line = private.lines().nth(1).unwrap();
     assert_never_shown(&h, &d, secret_line);
 }
+
+/// A remote on a loopback port that accepts connections and then never
+/// says a word, or (`trickle`) starts to answer and adds a byte every
+/// 300 ms, never finishing: each read gets data in time, the fetch never
+/// ends. Connections are held until the test ends.
+fn unhelpful_server(trickle: Option<&'static [u8]>) -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for mut stream in listener.incoming().flatten() {
+            match trickle {
+                Some(start) => {
+                    std::thread::spawn(move || {
+                        use std::io::Write;
+                        let mut next = start;
+                        while stream.write_all(next).is_ok() {
+                            next = b"x";
+                            std::thread::sleep(Duration::from_millis(300));
+                        }
+                    });
+                }
+                None => held.push(stream),
+            }
+        }
+    });
+    port
+}
+
+#[test]
+fn a_remote_that_goes_quiet_times_out_and_the_daemon_stays_responsive() {
+    let Some(bin) = require("nginx", "to run vsad against a real nginx") else {
+        return;
+    };
+    let mut h = Host::new(bin);
+    h.start();
+    let home = empty_home(&h);
+    let silent = unhelpful_server(None);
+    // A TLS record header announcing a 16 KiB handshake record.
+    let trickling = unhelpful_server(Some(&[0x16, 0x03, 0x03, 0x40, 0x00]));
+    for (url, needle) in [
+        // libgit2's timeouts (repo.timeout) end a fetch from a remote that
+        // stops answering, over HTTPS and over SSH.
+        (
+            format!("https://127.0.0.1:{silent}/state.git"),
+            "did not answer within repo.timeout",
+        ),
+        (
+            format!("ssh://git@127.0.0.1:{silent}/state.git"),
+            "did not answer within repo.timeout",
+        ),
+        // A remote that answers too slowly to ever finish (libssh2 bounds
+        // a whole SSH handshake; nothing bounds a TLS one): vsad stops
+        // waiting after 4 × repo.timeout and starts no second fetch while
+        // that one runs.
+        (
+            format!("https://127.0.0.1:{trickling}/state.git"),
+            "no result within 4 s",
+        ),
+    ] {
+        let port = free_port();
+        follow(&h, port, &url, "  timeout: 1s\n");
+        let mut d = Vsad::spawn_with(&h, port, &[("HOME", &home)], None);
+        fetch_failure(&mut d, needle);
+        // The loop goes on: it keeps answering and keeps polling.
+        let seen = fetch_errors(&d);
+        d.wait("another failed poll", Duration::from_secs(15), |d| {
+            fetch_errors(d) > seen
+        });
+        assert_eq!(http_get(d.port, "localhost", "/healthz", &[]).status, 200);
+        assert_nothing_applied(&h, &d);
+        // SIGTERM is not held up by a fetch that never ends.
+        let (status, took) = d.terminate();
+        assert!(status.success(), "{status}: {}", d.log());
+        assert!(took < Duration::from_secs(5), "took {took:?}");
+        std::fs::remove_dir_all(h.path("clone")).ok();
+    }
+}

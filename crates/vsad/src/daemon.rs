@@ -35,6 +35,10 @@ const BACKOFF_BASE: Duration = Duration::from_secs(2);
 const BACKOFF_CAP: Duration = Duration::from_secs(600);
 /// How long a reconcile waits for another apply (e.g. `vsactl apply`).
 const LOCK_WAIT: Duration = Duration::from_secs(60);
+/// A whole fetch may take this many times `repo.timeout` before the loop
+/// stops waiting for it. libgit2's own timeouts bound each connect and
+/// read; this bounds a remote that trickles data and never finishes.
+const FETCH_CAP: u32 = 4;
 /// After SIGTERM, a reconcile in flight gets this long to finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
@@ -70,6 +74,9 @@ pub struct Daemon {
     reported_drift: Option<u64>,
     /// Why the last fetch failed (cleared by the next one that works).
     fetch_error: Option<String>,
+    /// A fetch still running after the loop stopped waiting for it; no
+    /// other starts until it ends (they would fight over the clone).
+    stuck_fetch: Option<tokio::task::JoinHandle<Result<String, vsa_live::git::SyncError>>>,
     apply_error: Option<String>,
     renderer: Arc<Renderer>,
     nginx: NginxControl,
@@ -106,6 +113,7 @@ impl Daemon {
             retry_all: None,
             reported_drift: None,
             fetch_error: None,
+            stuck_fetch: None,
             apply_error: None,
             renderer,
             nginx,
@@ -151,10 +159,38 @@ impl Daemon {
 
     async fn refresh_remote(&mut self, remote: Remote) -> bool {
         let path = self.repo_path();
-        let fetched = {
+        if let Some(stuck) = &self.stuck_fetch {
+            if !stuck.is_finished() {
+                // Still a poll that brought nothing: counted, and the
+                // error in the status stays.
+                tracing::warn!("the previous fetch is still running; not starting another");
+                self.shared.view().metrics.error("fetch");
+                return false;
+            }
+            self.stuck_fetch = None;
+        }
+        let mut fetching = {
             let path = path.clone();
             let remote = remote.clone();
-            tokio::task::spawn_blocking(move || vsa_live::git::fetch(&path, &remote)).await
+            tokio::task::spawn_blocking(move || vsa_live::git::fetch(&path, &remote))
+        };
+        let cap = Duration::from_millis(self.config.repo.timeout_ms) * FETCH_CAP;
+        let fetched = match tokio::time::timeout(cap, &mut fetching).await {
+            Ok(fetched) => fetched,
+            Err(_) => {
+                let e = format!(
+                    "cannot fetch {} from {}: no result within {} s (4 × repo.timeout); the fetch is left to end on its own",
+                    remote.branch,
+                    vsa_live::git::redacted(&remote.url),
+                    cap.as_secs()
+                );
+                tracing::warn!(error = %e, "fetch failed; the commit in force stays");
+                self.stuck_fetch = Some(fetching);
+                self.shared.view().metrics.error("fetch");
+                self.fetch_error = Some(e);
+                self.update_last_error();
+                return false;
+            }
         };
         let tip = match fetched {
             Ok(Ok(tip)) => tip,

@@ -7,6 +7,7 @@
 //! (notify) turn file events into [`Trigger`]s for the loop.
 
 pub mod daemon;
+mod git_timeouts;
 pub mod http;
 pub mod memory;
 pub mod metrics;
@@ -193,6 +194,7 @@ async fn run(cli: &Cli) -> Result<i32> {
         })
     });
 
+    git_timeouts::set(std::time::Duration::from_millis(config.repo.timeout_ms));
     let daemon = daemon::Daemon::new(config.clone(), host, shared.clone()).await?;
     daemon
         .run(rx, shutdown_signal(), || {
