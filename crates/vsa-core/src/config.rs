@@ -327,6 +327,12 @@ impl Config {
                 }
             },
         };
+        if raw.repo.token_file.is_some()
+            && let Some(url) = &raw.repo.url
+            && !url.starts_with("https://")
+        {
+            bad("repo.token_file is sent only over https://, and repo.url is not an https:// URL (the token would travel in clear, or go nowhere)".to_owned());
+        }
         let timeout_ms = match &raw.repo.timeout {
             None => 30_000,
             Some(t) => match names::parse_duration(t) {
@@ -630,6 +636,12 @@ mod tests {
     fn bad_values_are_reported() {
         let e = parse("repo: {poll: soon}\ndashboard: {listen: nowhere}\n").unwrap_err();
         assert_eq!(e.len(), 2);
+        let e = parse("repo: {url: 'http://git.example.com/s.git', token_file: t}\n").unwrap_err();
+        assert!(
+            e[0].message.contains("only over https://"),
+            "{}",
+            e[0].message
+        );
         let e = parse("repo: {timeout: 10ms}\n").unwrap_err();
         assert!(e[0].message.contains("repo.timeout"), "{}", e[0].message);
         assert_eq!(

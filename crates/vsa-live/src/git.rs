@@ -209,6 +209,19 @@ impl Remote {
             )),
             None => None,
         };
+        if let Some((token, path)) = &token
+            && token.is_empty()
+        {
+            return Err(SyncError::Secret {
+                what: "repo.token_file",
+                path: path.clone(),
+                source: std::io::Error::new(std::io::ErrorKind::InvalidData, "the file is empty"),
+            });
+        }
+        // The token goes to repo.url's own scheme, host and port only: a
+        // redirect elsewhere (libgit2 follows one on the first request)
+        // gets nothing.
+        let token_origin = url::Url::parse(&self.url).ok().map(|u| u.origin());
         let key = self.ssh_key_file.clone();
         let notes = SharedNotes::default();
         let asked = notes.clone();
@@ -217,7 +230,7 @@ impl Remote {
         // count against the server's limits, e.g. sshd's MaxAuthTries).
         let (mut gave_key, mut gave_token) = (false, false);
         let mut callbacks = git2::RemoteCallbacks::new();
-        callbacks.credentials(move |_url, username, allowed| {
+        callbacks.credentials(move |url, username, allowed| {
             let refused = |what: &Option<String>| {
                 let what = what
                     .as_deref()
@@ -245,6 +258,18 @@ impl Remote {
             if allowed.contains(git2::CredentialType::USER_PASS_PLAINTEXT)
                 && let Some((token, path)) = &token
             {
+                let asking = url::Url::parse(url).ok();
+                let same_origin = asking.as_ref().map(|u| u.origin()) == token_origin;
+                if !same_origin || asking.as_ref().is_none_or(|u| u.scheme() != "https") {
+                    return Err(git2::Error::new(
+                        git2::ErrorCode::Auth,
+                        git2::ErrorClass::Callback,
+                        format!(
+                            "{} asks for credentials; the token in repo.token_file {path} is sent only to repo.url's own host over https",
+                            redacted(url)
+                        ),
+                    ));
+                }
                 if gave_token {
                     return Err(refused(&asked.borrow().offered));
                 }
@@ -272,7 +297,16 @@ impl Remote {
                 return Ok(git2::CertificateCheckStatus::CertificatePassthrough);
             };
             let Some(raw) = hostkey.hostkey() else {
-                return Ok(git2::CertificateCheckStatus::CertificatePassthrough);
+                // Without the raw key there is nothing to check a file of
+                // our own against; never fall back to ~/.ssh for it.
+                return match &known_hosts {
+                    Some(_) => Err(git2::Error::new(
+                        git2::ErrorCode::Certificate,
+                        git2::ErrorClass::Ssh,
+                        format!("{host} sent no host key that repo.known_hosts_file could be checked against"),
+                    )),
+                    None => Ok(git2::CertificateCheckStatus::CertificatePassthrough),
+                };
             };
             let name = known_hosts_name(host, port);
             let key_type = ssh_key_type(raw)
@@ -403,8 +437,9 @@ impl Remote {
     }
 }
 
-/// `url` as errors and logs may show it: a password in it (as in
-/// `https://user:TOKEN@host/repo.git`) becomes `***`. Errors reach
+/// `url` as errors and logs may show it: the user and password of an
+/// HTTP(S) URL (`https://user:TOKEN@host/…`, `https://TOKEN@host/…`), or
+/// the password of another kind, become `***`. Errors reach
 /// `/api/status`, which needs no more than the dashboard token to read.
 pub fn redacted(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
@@ -413,6 +448,9 @@ pub fn redacted(url: &str) -> String {
     let authority_end = rest.find('/').unwrap_or(rest.len());
     let (authority, path) = rest.split_at(authority_end);
     match authority.rsplit_once('@') {
+        // Over HTTP the user name may be the token itself
+        // (`https://TOKEN@host/...`): all of it goes.
+        Some((_, host)) if scheme.starts_with("http") => format!("{scheme}://***@{host}{path}"),
         Some((userinfo, host)) => {
             let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
             let hidden = if userinfo.contains(':') { ":***" } else { "" };
@@ -509,11 +547,19 @@ mod tests {
     fn passwords_in_urls_are_never_shown() {
         assert_eq!(
             redacted("https://x-access-token:ghp_s3cret@github.com/ops/state.git"),
-            "https://x-access-token:***@github.com/ops/state.git"
+            "https://***@github.com/ops/state.git"
         );
         assert_eq!(
             redacted("https://user:p@ss@git.example.com:8443/a.git"),
-            "https://user:***@git.example.com:8443/a.git"
+            "https://***@git.example.com:8443/a.git"
+        );
+        assert_eq!(
+            redacted("https://ghp_s3cret@github.com/ops/state.git"),
+            "https://***@github.com/ops/state.git"
+        );
+        assert_eq!(
+            redacted("ssh://git:pw@git.example.com/ops/state.git"),
+            "ssh://git:***@git.example.com/ops/state.git"
         );
         for shown in [
             "https://git.example.com/ops/state.git",

@@ -62,8 +62,8 @@ pub(crate) enum KnownHost {
 
 /// Checks a host key (type and base64 blob) for `name` (`host` or
 /// `[host]:port`) against OpenSSH `known_hosts` text: comma-separated
-/// patterns with `*`, `?` and `!`, `@revoked` lines; `@cert-authority`
-/// lines and hashed names are skipped.
+/// patterns with `*`, `?` and `!`, `@revoked` lines (for any host);
+/// `@cert-authority` lines and hashed names are skipped.
 pub(crate) fn check_known_hosts(text: &str, name: &str, key_type: &str, key: &str) -> KnownHost {
     let mut changed = None;
     let mut found = false;
@@ -88,6 +88,12 @@ pub(crate) fn check_known_hosts(text: &str, name: &str, key_type: &str, key: &st
         let (Some(entry_type), Some(entry_key)) = (fields.next(), fields.next()) else {
             continue;
         };
+        let same_key = entry_type == key_type && entry_key == key;
+        // A revoked key is refused whatever host names the line has,
+        // hashed ones included.
+        if marker == Some("revoked") && same_key {
+            return KnownHost::Revoked { line: line_no };
+        }
         if first.starts_with("|1|") {
             hashed = true;
             continue;
@@ -95,9 +101,7 @@ pub(crate) fn check_known_hosts(text: &str, name: &str, key_type: &str, key: &st
         if !host_matches(first, name) {
             continue;
         }
-        let same_key = entry_type == key_type && entry_key == key;
         match marker {
-            Some("revoked") if same_key => return KnownHost::Revoked { line: line_no },
             Some(_) => {}
             None if same_key => found = true,
             None if entry_type == key_type => {
@@ -211,6 +215,14 @@ mod tests {
         assert_eq!(
             check("example.com", "AAAArevoked"),
             KnownHost::Revoked { line: 7 }
+        );
+        // Revoked under a hashed name, listed in clear elsewhere: revoked.
+        let hashed_revocation = format!(
+            "@revoked |1|c2FsdA==|aGFzaA== ssh-ed25519 {KEY}\nexample.com ssh-ed25519 {KEY}\n"
+        );
+        assert_eq!(
+            check_known_hosts(&hashed_revocation, "example.com", "ssh-ed25519", KEY),
+            KnownHost::Revoked { line: 1 }
         );
         // An RSA key is checked against RSA entries only.
         assert_eq!(

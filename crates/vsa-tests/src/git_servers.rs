@@ -132,6 +132,11 @@ impl HttpsGitServer {
     auth_basic "git";
     auth_basic_user_file {d}/htpasswd;
     client_max_body_size 0;
+    # A repository that "moved" to another host name of this server (the
+    # redirect is answered before auth).
+    location ~ ^/moved/(.*)$ {{
+        return 301 https://localhost:{port}/$1$is_args$args;
+    }}
     location / {{
         fastcgi_pass unix:{socket};
         fastcgi_param SCRIPT_FILENAME {backend};
@@ -190,6 +195,16 @@ impl HttpsGitServer {
             .strip_prefix(&self.project_root)
             .expect("the repository is under the server's project root");
         format!("https://127.0.0.1:{}/{}", self.port, rel.display())
+    }
+
+    /// A URL of `bare` on this server that redirects to the same
+    /// repository under another host name (`localhost`).
+    pub fn moved_url(&self, bare: &Path) -> String {
+        self.url(bare).replacen(
+            &format!(":{}/", self.port),
+            &format!(":{}/moved/", self.port),
+            1,
+        )
     }
 
     /// nginx's access log of the git server (`$remote_user` included).

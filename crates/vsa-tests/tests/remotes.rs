@@ -185,15 +185,18 @@ fn https_with_the_right_token_clones_and_follows_pushes() {
     let Some(case) = https_case(TOKEN) else {
         return;
     };
-    let mut d = Vsad::start_with_env(&case.h, case.port, &[("SSL_CERT_FILE", &case.trust())]);
+    let trust = case.trust();
     let HttpsCase {
         h,
         up,
         remote,
         first,
         server,
+        port,
         ..
     } = case;
+    let home = empty_home(&h);
+    let mut d = Vsad::start_with_env(&h, port, &[("SSL_CERT_FILE", &trust), ("HOME", &home)]);
 
     assert_eq!(d.status().unwrap()["commit"], first.as_str(), "{}", d.log());
     assert!(body_soon(&h, "a.vsa.test").starts_with("upstream=app "));
@@ -216,6 +219,11 @@ fn https_with_the_right_token_clones_and_follows_pushes() {
     });
     assert_eq!(d.status().unwrap()["in_sync"], true);
     assert_eq!(fetch_errors(&d), 0, "{}", d.log());
+    let metrics = http_get(d.port, "localhost", "/metrics", &[]).body;
+    assert!(
+        metrics.contains("\nvsa_last_successful_fetch_timestamp_seconds 1"),
+        "{metrics}"
+    );
     assert_never_shown(&h, &d, TOKEN);
 
     let (status, _) = d.terminate();
@@ -227,20 +235,23 @@ fn https_with_a_wrong_token_applies_nothing_names_the_refusal_and_recovers() {
     let Some(case) = https_case(WRONG_TOKEN) else {
         return;
     };
-    let mut d = Vsad::spawn_with(
-        &case.h,
-        case.port,
-        &[("SSL_CERT_FILE", &case.trust())],
-        None,
-    );
+    let trust = case.trust();
     let HttpsCase {
         h,
         first,
         server,
         token_file,
         url,
+        port,
         ..
     } = case;
+    let home = empty_home(&h);
+    let mut d = Vsad::spawn_with(
+        &h,
+        port,
+        &[("SSL_CERT_FILE", &trust), ("HOME", &home)],
+        None,
+    );
 
     let line = fetch_failure(&mut d, "refused the token in repo.token_file");
     assert!(
@@ -271,13 +282,58 @@ fn https_with_a_wrong_token_applies_nothing_names_the_refusal_and_recovers() {
 }
 
 #[test]
+fn https_token_is_not_sent_where_a_redirect_points() {
+    let Some(case) = https_case(TOKEN) else {
+        return;
+    };
+    let trust = case.trust();
+    let HttpsCase {
+        h,
+        remote,
+        server,
+        port,
+        ..
+    } = case;
+    // repo.url redirects to another host name: another origin.
+    let url = server.moved_url(&remote.bare);
+    follow(&h, port, &url, "  token_file: git.token\n");
+    let home = empty_home(&h);
+    let mut d = Vsad::spawn_with(
+        &h,
+        port,
+        &[("SSL_CERT_FILE", &trust), ("HOME", &home)],
+        None,
+    );
+
+    let line = fetch_failure(&mut d, "is sent only to repo.url's own host over https");
+    assert!(
+        line.contains("https://localhost:"),
+        "names who asked: {line}"
+    );
+    let access = server.access_log();
+    assert!(
+        access.contains(" 301 "),
+        "the redirect was followed: {access}"
+    );
+    assert!(
+        !access.contains("x-access-token"),
+        "the token went to the redirect's target: {access}"
+    );
+    assert_nothing_applied(&h, &d);
+    assert_never_shown(&h, &d, TOKEN);
+}
+
+#[test]
 fn https_with_an_untrusted_certificate_applies_nothing() {
     let Some(case) = https_case(TOKEN) else {
         return;
     };
+    let HttpsCase {
+        h, server, port, ..
+    } = case;
     // The system's CA store only: the test CA is not in it.
-    let mut d = Vsad::spawn_with(&case.h, case.port, &[], None);
-    let HttpsCase { h, server, .. } = case;
+    let home = empty_home(&h);
+    let mut d = Vsad::spawn_with(&h, port, &[("HOME", &home)], None);
 
     let line = fetch_failure(&mut d, "certificate");
     assert!(line.contains("SSL_CERT_FILE"), "a hint at the fix: {line}");
