@@ -203,11 +203,13 @@ impl Daemon {
             }
             Err(e) => {
                 tracing::error!(error = %e, "fetch panicked");
+                self.shared.view().metrics.error("fetch");
                 self.fetch_error = Some(format!("fetch panicked: {e}"));
                 self.update_last_error();
                 return false;
             }
         };
+        self.shared.view().metrics.last_fetch = Some(unix_now());
         if self.fetch_error.take().is_some() {
             tracing::info!("fetching works again");
             self.update_last_error();
@@ -326,9 +328,11 @@ impl Daemon {
         self.update_last_error();
     }
 
+    /// `/api/status`'s `last_error`: whatever is wrong now, the refused
+    /// commit first, then a fetch that fails, then the last apply.
     fn update_last_error(&self) {
         let refused = self.shared.view().refused.clone();
-        let e = refused
+        let errors: Vec<String> = refused
             .map(|r| {
                 format!(
                     "commit {} refused ({} error(s)): {}",
@@ -337,9 +341,11 @@ impl Daemon {
                     r.errors.first().map(String::as_str).unwrap_or("")
                 )
             })
-            .or_else(|| self.fetch_error.clone())
-            .or_else(|| self.apply_error.clone());
-        self.shared.view().last_error = e;
+            .into_iter()
+            .chain(self.fetch_error.clone())
+            .chain(self.apply_error.clone())
+            .collect();
+        self.shared.view().last_error = (!errors.is_empty()).then(|| errors.join("; "));
     }
 
     /// Records events under the host lock, so the audit chain stays one
@@ -565,8 +571,12 @@ impl Daemon {
             tokio::time::interval_at(tokio::time::Instant::now() + resync, resync);
         resync_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
-        // First: what was in force, then whatever is new.
+        // First: what was in force, then whatever is new. Ready (the API
+        // serves, the commit in force is loaded) before the first fetch,
+        // which may wait on the remote, and the first converge, which may
+        // order certificates: systemd's start timeout bounds neither.
         self.resume().await;
+        on_ready();
         let first = async {
             self.refresh().await;
             self.reconcile().await;
@@ -576,7 +586,6 @@ impl Daemon {
             _ = &mut shutdown => return,
         }
         crate::memory::give_back();
-        on_ready();
 
         let following = self.remote.is_some();
         loop {

@@ -71,7 +71,6 @@ pub fn main_with(args: impl IntoIterator<Item = String>) -> i32 {
             return if e.use_stderr() { 2 } else { 0 };
         }
     };
-    memory::limit_arenas();
     init_logging();
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -7,21 +7,22 @@
 //! freed pages back to the kernel after each burst (ADR 0008).
 #![allow(unsafe_code)]
 
-/// How many malloc arenas the daemon's threads share, unless
-/// `MALLOC_ARENA_MAX` says otherwise. The reconcile is one task; the
-/// render and blocking threads barely contend.
-const ARENAS: i32 = 2;
-
-/// Caps glibc's malloc arenas. Call before the runtime starts threads.
+/// Caps glibc's malloc arenas at two, unless the operator chose
+/// (`MALLOC_ARENA_MAX`, or `glibc.malloc.arena_max` in `GLIBC_TUNABLES`).
+/// The reconcile is one task; the render and blocking threads barely
+/// contend. Call first thing in `main`, before any thread exists.
 pub fn limit_arenas() {
-    if std::env::var_os("MALLOC_ARENA_MAX").is_some() {
+    let chosen = std::env::var_os("MALLOC_ARENA_MAX").is_some()
+        || std::env::var("GLIBC_TUNABLES").is_ok_and(|t| t.contains("glibc.malloc.arena_max"));
+    if chosen {
         return;
     }
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only sets a malloc tunable; it is called at start-up,
-    // before the process has other threads, and takes no pointers.
+    // SAFETY: mallopt only sets a malloc tunable and takes no pointers; it
+    // is MT-Unsafe, and `main` calls this before the process has another
+    // thread.
     unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, ARENAS);
+        libc::mallopt(libc::M_ARENA_MAX, 2);
     }
 }
 

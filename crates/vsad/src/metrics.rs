@@ -18,6 +18,9 @@ pub struct Metrics {
     pub errors: BTreeMap<String, u64>,
     /// Unix time of the last reconcile that left the host in sync.
     pub last_success: Option<f64>,
+    /// Unix time of the last fetch that worked (a remote followed only):
+    /// a host in sync with a commit it can no longer update shows here.
+    pub last_fetch: Option<f64>,
     pub commit: Option<String>,
     /// Certificate expiry (unix time) by domain.
     pub cert_expiry: BTreeMap<String, i64>,
@@ -105,6 +108,14 @@ impl Metrics {
         );
         if let Some(t) = self.last_success {
             let _ = writeln!(o, "vsa_last_successful_sync_timestamp_seconds {t:.3}");
+        }
+        let _ = writeln!(
+            o,
+            "# HELP vsa_last_successful_fetch_timestamp_seconds When the remote was last fetched (repo.url only).\n\
+             # TYPE vsa_last_successful_fetch_timestamp_seconds gauge"
+        );
+        if let Some(t) = self.last_fetch {
+            let _ = writeln!(o, "vsa_last_successful_fetch_timestamp_seconds {t:.3}");
         }
         let _ = writeln!(
             o,
