@@ -71,9 +71,10 @@ pub async fn observe(
 }
 
 /// [`observe`] from synchronous code (its own single-threaded runtime).
-/// When an apply ever made the state store, it is read for the
+/// When an apply ever made the state store, it is read (read-only) for the
 /// certificates vsa issued, so `vsactl diff` plans their deletes exactly
-/// as an apply (or vsad's `/api/plan`) would; no store is created.
+/// as an apply (or vsad's `/api/plan`) would. A store that cannot be read
+/// is said on stderr and left out: the plan then keeps every certificate.
 pub fn observe_blocking(
     config: &Config,
     model: &Model,
@@ -84,12 +85,30 @@ pub fn observe_blocking(
         .build()
         .map_err(PipelineError::Runtime)?
         .block_on(async {
-            if !config.paths.state.join(vsa_store::DB_FILE).exists() {
-                return observe(config, model, host, None).await;
+            let store = match vsa_store::Store::open_read_only(&config.paths.state).await {
+                Ok(store) => store,
+                Err(e) => {
+                    eprintln!(
+                        "warning: {e}; planning without the record of the certificates vsa issued"
+                    );
+                    None
+                }
+            };
+            let observed = match &store {
+                Some(s) => match observe(config, model, host, Some(s)).await {
+                    Err(PipelineError::Store(e)) => {
+                        eprintln!(
+                            "warning: {e}; planning without the record of the certificates vsa issued"
+                        );
+                        observe(config, model, host, None).await
+                    }
+                    other => other,
+                },
+                None => observe(config, model, host, None).await,
+            };
+            if let Some(s) = store {
+                s.close().await;
             }
-            let store = vsa_store::Store::open(&config.paths.state).await?;
-            let observed = observe(config, model, host, Some(&store)).await;
-            store.close().await;
             observed
         })
 }

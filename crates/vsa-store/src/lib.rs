@@ -139,6 +139,33 @@ impl Store {
         Ok(Store { pool, path })
     }
 
+    /// Opens an existing database read-only, for commands that must
+    /// change nothing (`vsactl diff`, `status`): nothing is created or
+    /// migrated. `Ok(None)` when no apply ever made it.
+    pub async fn open_read_only(state_dir: &Path) -> Result<Option<Store>> {
+        let path = state_dir.join(DB_FILE);
+        if !path.exists() {
+            return Ok(None);
+        }
+        let db = |source| StoreError::Db {
+            path: path.clone(),
+            source,
+        };
+        let opts = SqliteConnectOptions::from_str("sqlite://")
+            .map_err(db)?
+            .filename(&path)
+            .read_only(true)
+            .create_if_missing(false)
+            .busy_timeout(Duration::from_secs(2));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(0)
+            .connect_with(opts)
+            .await
+            .map_err(db)?;
+        Ok(Some(Store { pool, path }))
+    }
+
     fn db(&self) -> impl Fn(sqlx::Error) -> StoreError + '_ {
         move |source| StoreError::Db {
             path: self.path.clone(),

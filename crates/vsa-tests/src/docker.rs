@@ -52,13 +52,7 @@ pub fn require_docker() -> bool {
     match ready {
         Ok(()) => true,
         Err(why) => {
-            let msg = format!("{why} (needed for the Docker tests)");
-            if std::env::var("CI").is_ok_and(|v| v == "true") {
-                panic!("{msg}");
-            }
-            eprintln!("\n=====================================================================");
-            eprintln!("SKIPPED: {msg}");
-            eprintln!("=====================================================================\n");
+            crate::skip(&format!("{why} (needed for the Docker tests)"));
             false
         }
     }

@@ -49,13 +49,19 @@ pub fn require_from(program: &str, package: &str, why: &str) -> Option<PathBuf> 
     let msg = format!(
         "`{program}` is not installed; it is needed {why} (Debian: apt-get install {package})"
     );
+    skip(&msg);
+    None
+}
+
+/// Skips a test for want of a part: a panic under `CI=true`, else a banner
+/// on the real stderr (libtest captures `eprintln!` of a passing test, and
+/// a skip must not pass unseen).
+pub fn skip(msg: &str) {
     if std::env::var("CI").is_ok_and(|v| v == "true") {
         panic!("{msg}");
     }
-    eprintln!("\n=====================================================================");
-    eprintln!("SKIPPED: {msg}");
-    eprintln!("=====================================================================\n");
-    None
+    let rule = "=====================================================================";
+    let _ = writeln!(std::io::stderr(), "\n{rule}\nSKIPPED: {msg}\n{rule}\n");
 }
 
 /// A free TCP port on loopback (bound and released; good enough for tests).

@@ -319,7 +319,9 @@ pub fn status(global: &crate::cli::Global, env: &Env, format: Format) -> Result<
     // Read the store only if an apply ever made it: status writes nothing.
     let (facts, recorded) = if ctx.config.paths.state.join(vsa_store::DB_FILE).exists() {
         runtime()?.block_on(async {
-            let store = Store::open(&ctx.config.paths.state).await?;
+            let Some(store) = Store::open_read_only(&ctx.config.paths.state).await? else {
+                return anyhow::Ok((BTreeMap::new(), BTreeMap::new()));
+            };
             let mut facts = BTreeMap::new();
             for k in ["last_applied_commit", "last_apply_at", "last_apply_outcome"] {
                 if let Some(v) = store.get_state(&host, k).await? {
