@@ -126,19 +126,40 @@ impl NginxControl {
     }
 }
 
-/// nginx's first `[emerg]`, `[alert]`, `[crit]` or `[error]` line.
+const LEVELS: [&str; 4] = ["[emerg]", "[alert]", "[crit]", "[error]"];
+
+/// nginx's first `[emerg]`, `[alert]`, `[crit]` or `[error]` line, as
+/// `nginx: [emerg] …` whether nginx wrote it so (`nginx -t` on a terminal)
+/// or in its log format (`2026/11/29 12:57:56 [emerg] 8#8: …`, as from a
+/// container).
 pub fn first_error(output: &str) -> String {
-    output
+    let line = output
         .lines()
-        .find(|l| {
-            ["[emerg]", "[alert]", "[crit]", "[error]"]
-                .iter()
-                .any(|t| l.contains(t))
-        })
+        .find(|l| LEVELS.iter().any(|t| l.contains(t)))
         .or_else(|| output.lines().rev().find(|l| !l.trim().is_empty()))
         .unwrap_or("(no output)")
-        .trim()
-        .to_owned()
+        .trim();
+    without_log_prefix(line).unwrap_or_else(|| line.to_owned())
+}
+
+/// `2026/11/29 12:57:56 [emerg] 8#8: message` → `nginx: [emerg] message`.
+fn without_log_prefix(line: &str) -> Option<String> {
+    let (level, at) = LEVELS.iter().find_map(|t| line.find(t).map(|i| (*t, i)))?;
+    let stamp = &line[..at];
+    let is_stamp = stamp.len() == "2026/11/29 12:57:56 ".len()
+        && stamp.starts_with(|c: char| c.is_ascii_digit())
+        && stamp
+            .chars()
+            .all(|c| c.is_ascii_digit() || "/: ".contains(c));
+    if !is_stamp {
+        return None;
+    }
+    let rest = line[at + level.len()..].trim_start();
+    // The worker's `pid#tid: `.
+    let (ids, message) = rest.split_once(": ")?;
+    ids.chars()
+        .all(|c| c.is_ascii_digit() || c == '#')
+        .then(|| format!("nginx: {level} {message}"))
 }
 
 /// The file (and line) an nginx error names: `... in /etc/nginx/conf.d/x.conf:27`.
@@ -162,6 +183,17 @@ mod tests {
         assert_eq!(
             error_location(&e),
             Some((PathBuf::from("/x/conf.d/bad.example.com.conf"), 27))
+        );
+        // From a container, in nginx's log format.
+        let out = "2026/11/29 12:57:56 [emerg] 8#8: host not found in upstream \"nope.invalid\" in /etc/nginx/conf.d/bad.conf:22\n";
+        assert_eq!(
+            first_error(out),
+            "nginx: [emerg] host not found in upstream \"nope.invalid\" in /etc/nginx/conf.d/bad.conf:22"
+        );
+        // Anything else is left as it is.
+        assert_eq!(
+            first_error("something [error] odd\n"),
+            "something [error] odd"
         );
     }
 }

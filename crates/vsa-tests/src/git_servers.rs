@@ -59,7 +59,8 @@ pub struct HttpsGitServer {
     // Fields drop in order: nginx stops while its prefix still exists,
     // the temp dir goes last.
     nginx: Nginx,
-    fcgiwrap: Child,
+    /// Held for its drop: fcgiwrap stops with the server.
+    _fcgiwrap: Stopped,
     /// The TLS port on 127.0.0.1.
     pub port: u16,
     /// PEM of the CA that signed the server's certificate: what a client
@@ -98,17 +99,20 @@ impl HttpsGitServer {
         .unwrap();
 
         let socket = d.join("fcgiwrap.sock");
-        let mut fcgiwrap = Command::new(fcgiwrap_bin)
-            .arg("-s")
-            .arg(format!("unix:{}", socket.display()))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(d.join("fcgiwrap.log")).unwrap())
-            .spawn()
-            .unwrap();
+        // Stopped when dropped: also when a panic below ends the setup.
+        let mut fcgiwrap = Stopped(
+            Command::new(fcgiwrap_bin)
+                .arg("-s")
+                .arg(format!("unix:{}", socket.display()))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(d.join("fcgiwrap.log")).unwrap())
+                .spawn()
+                .unwrap(),
+        );
         let deadline = Instant::now() + Duration::from_secs(10);
         while !socket.exists() {
-            if let Some(status) = fcgiwrap.try_wait().unwrap() {
+            if let Some(status) = fcgiwrap.0.try_wait().unwrap() {
                 panic!(
                     "fcgiwrap exited with {status}: {}",
                     std::fs::read_to_string(d.join("fcgiwrap.log")).unwrap_or_default()
@@ -171,7 +175,7 @@ impl HttpsGitServer {
         nginx.start(plain_port);
         let server = HttpsGitServer {
             nginx,
-            fcgiwrap,
+            _fcgiwrap: fcgiwrap,
             port,
             ca_file: d.join("ca.pem"),
             project_root: project_root.to_owned(),
@@ -222,9 +226,12 @@ impl HttpsGitServer {
     }
 }
 
-impl Drop for HttpsGitServer {
+/// A child process stopped when this is dropped.
+struct Stopped(Child);
+
+impl Drop for Stopped {
     fn drop(&mut self) {
-        stop(&mut self.fcgiwrap);
+        stop(&mut self.0);
     }
 }
 

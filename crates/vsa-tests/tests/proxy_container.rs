@@ -79,8 +79,12 @@ fn nginx_in_a_container_is_tested_and_reloaded_through_docker_exec() {
         .find(|e| e["action"] == "site.isolate")
         .expect("an isolation event");
     assert_eq!(isolate["target"], "bad.vsa.test");
+    // nginx's words, as `nginx -t` on the host would say them (not in its
+    // log format, with a timestamp and worker ids).
     assert!(
-        isolate.to_string().contains("host not found in upstream"),
+        isolate
+            .to_string()
+            .contains("nginx: [emerg] host not found in upstream"),
         "{isolate}"
     );
     docker(&["exec", &proxy, "nginx", "-t"]);
