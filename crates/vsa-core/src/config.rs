@@ -313,40 +313,29 @@ impl Config {
         {
             bad(format!("host `{h}` {e}"));
         }
-        let poll_ms = match &raw.repo.poll {
-            None => 60_000,
-            Some(p) => match names::parse_duration(p) {
+        // A duration of at least a second, else `default` and a problem.
+        let mut duration = |key: &str, value: &Option<String>, default: u64| match value {
+            None => default,
+            Some(v) => match names::parse_duration(v) {
                 Ok(ms) if ms >= 1000 => ms,
                 Ok(_) => {
-                    bad(format!("repo.poll `{p}` is shorter than 1s"));
-                    60_000
+                    bad(format!("{key} `{v}` is shorter than 1s"));
+                    default
                 }
                 Err(e) => {
-                    bad(format!("repo.poll: {e}"));
-                    60_000
+                    bad(format!("{key}: {e}"));
+                    default
                 }
             },
         };
+        let poll_ms = duration("repo.poll", &raw.repo.poll, 60_000);
+        let timeout_ms = duration("repo.timeout", &raw.repo.timeout, 30_000);
         if raw.repo.token_file.is_some()
             && let Some(url) = &raw.repo.url
             && !url.starts_with("https://")
         {
             bad("repo.token_file is sent only over https://, and repo.url is not an https:// URL (the token would travel in clear, or go nowhere)".to_owned());
         }
-        let timeout_ms = match &raw.repo.timeout {
-            None => 30_000,
-            Some(t) => match names::parse_duration(t) {
-                Ok(ms) if ms >= 1000 => ms,
-                Ok(_) => {
-                    bad(format!("repo.timeout `{t}` is shorter than 1s"));
-                    30_000
-                }
-                Err(e) => {
-                    bad(format!("repo.timeout: {e}"));
-                    30_000
-                }
-            },
-        };
         let paths = Paths {
             vhosts: given(&raw.paths.vhosts, "/etc/nginx/conf.d"),
             htpasswd: given(&raw.paths.htpasswd, "/etc/nginx/htpasswd"),

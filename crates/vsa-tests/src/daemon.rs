@@ -119,6 +119,19 @@ impl Vsad {
         self.get_json("/api/plan").expect("a plan")
     }
 
+    /// Waits until `domain` is served through the host's nginx and
+    /// `commit` is in force (`/api/status`).
+    pub fn wait_served_at(&mut self, h: &Host, domain: &str, commit: &str, limit: Duration) {
+        self.wait(&format!("{domain} served"), limit, |_| {
+            http_get(h.http_port, domain, "/", &[]).status == 200
+        });
+        self.wait(
+            &format!("commit {commit} in force"),
+            Duration::from_secs(5),
+            |d| d.status().is_some_and(|s| s["commit"] == commit),
+        );
+    }
+
     /// Polls `done` every 50 ms; panics with the daemon's log after `limit`.
     pub fn wait(&mut self, what: &str, limit: Duration, done: impl Fn(&Vsad) -> bool) -> Duration {
         let start = Instant::now();

@@ -106,12 +106,7 @@ fn a_push_is_served_within_seconds_and_a_bad_commit_is_refused() {
     std::fs::remove_file(remote.work.join("sites/c.vsa.test.yaml")).unwrap();
     remote.site("c.vsa.test", &up);
     let fixed = remote.push("site c, fixed");
-    d.wait("c served", Duration::from_secs(10), |_| {
-        served(&h, "c.vsa.test")
-    });
-    d.wait("the fixed commit in force", Duration::from_secs(5), |d| {
-        d.status().unwrap()["commit"] == fixed.as_str()
-    });
+    d.wait_served_at(&h, "c.vsa.test", &fixed, Duration::from_secs(10));
     let st = d.status().unwrap();
     assert!(st["last_error"].is_null(), "{st}");
     assert!(st["refused"].is_null(), "{st}");

@@ -211,12 +211,7 @@ fn https_with_the_right_token_clones_and_follows_pushes() {
     // A second commit is fetched and applied.
     remote.site("b.vsa.test", &up);
     let second = remote.push("site b");
-    d.wait("b served", Duration::from_secs(15), |_| {
-        served(&h, "b.vsa.test")
-    });
-    d.wait("the second commit in force", Duration::from_secs(5), |d| {
-        d.status().unwrap()["commit"] == second.as_str()
-    });
+    d.wait_served_at(&h, "b.vsa.test", &second, Duration::from_secs(15));
     assert_eq!(d.status().unwrap()["in_sync"], true);
     assert_eq!(fetch_errors(&d), 0, "{}", d.log());
     let metrics = http_get(d.port, "localhost", "/metrics", &[]).body;
@@ -387,12 +382,7 @@ fn ssh_with_the_right_key_and_a_known_host_key_clones_and_follows_pushes() {
 
     remote.site("b.vsa.test", &up);
     let second = remote.push("site b");
-    d.wait("b served", Duration::from_secs(15), |_| {
-        served(&h, "b.vsa.test")
-    });
-    d.wait("the second commit in force", Duration::from_secs(5), |d| {
-        d.status().unwrap()["commit"] == second.as_str()
-    });
+    d.wait_served_at(&h, "b.vsa.test", &second, Duration::from_secs(15));
     assert_eq!(fetch_errors(&d), 0, "{}", d.log());
 
     let (status, _) = d.terminate();
