@@ -505,4 +505,14 @@ fn vsad_check_validates_without_starting() {
     )
     .unwrap();
     assert_eq!(check(), 2);
+    // A secret file the daemon would read, missing: refused before start.
+    std::fs::remove_file(repo.join("sites/b.vsa.test.yaml")).unwrap();
+    std::fs::write(
+        &config,
+        "host: test-01\nrepo: { path: repo, url: 'https://git.example.com/s.git', token_file: nope.token }\n",
+    )
+    .unwrap();
+    assert_eq!(check(), 2);
+    std::fs::write(root.join("nope.token"), "t0ken\n").unwrap();
+    assert_eq!(check(), 0);
 }

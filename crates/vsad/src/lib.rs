@@ -55,8 +55,9 @@ pub struct Cli {
     /// Configuration file [default: $VSA_CONFIG, else $VSA_ROOT/etc/vsa/vsa.yaml]
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Check the configuration and the desired state (a working copy at
-    /// repo.path), print a summary and exit: 0 valid, 2 invalid
+    /// Check the configuration, that the secret and key files it names can
+    /// be read, and the desired state (a working copy at repo.path); print
+    /// a summary and exit: 0 valid, 2 invalid
     #[arg(long)]
     pub check: bool,
 }
@@ -239,6 +240,36 @@ fn read_secret(path: Option<&Path>, what: &str) -> Result<Option<Vec<u8>>> {
 
 /// `vsad --check`: the configuration parses, the desired state loads.
 fn check(config: &Config, host: &str) -> Result<i32> {
+    // The files the daemon reads at start or at each fetch: a typo here
+    // would otherwise show only in the first fetch's error.
+    let files = [
+        ("repo.webhook_secret_file", &config.repo.webhook_secret_file),
+        ("repo.token_file", &config.repo.token_file),
+        ("repo.ssh_key_file", &config.repo.ssh_key_file),
+        ("repo.known_hosts_file", &config.repo.known_hosts_file),
+        ("dashboard.token_file", &config.dashboard.token_file),
+    ];
+    let mut unreadable = false;
+    for (key, path) in files {
+        if let Some(path) = path
+            && let Err(e) = std::fs::File::open(path)
+        {
+            eprintln!("vsad: cannot read {key} {}: {e}", path.display());
+            unreadable = true;
+        }
+    }
+    if unreadable {
+        return Ok(2);
+    }
+    if let Some(url) = &config.repo.url
+        && !url.starts_with("https://")
+        && !url.starts_with("file://")
+        && config.repo.known_hosts_file.is_none()
+    {
+        eprintln!(
+            "vsad: warning: repo.url is an SSH remote and repo.known_hosts_file is unset: only ~/.ssh/known_hosts of the user vsad runs as can vouch for the server (the shipped systemd unit hides /root)"
+        );
+    }
     let (model, warnings) = match vsa_engine::pipeline::load_repo(&config.repo.path) {
         Ok(x) => x,
         Err(vsa_engine::pipeline::PipelineError::Invalid(problems)) => {
