@@ -248,4 +248,41 @@ mod tests {
         assert_eq!(ssh_key_type(&blob).as_deref(), Some("ssh-ed25519"));
         assert_eq!(ssh_key_type(&[0, 0, 0, 40, b's']), None);
     }
+
+    proptest::proptest! {
+        /// Whatever a known_hosts file, a URL or a key blob holds, the
+        /// checks answer; they never panic.
+        #[test]
+        fn arbitrary_input_never_panics(
+            text in "(?s).{0,400}",
+            name in ".{0,40}",
+            key in "[A-Za-z0-9+/=]{0,40}",
+            url in ".{0,60}",
+            blob in proptest::collection::vec(proptest::num::u8::ANY, 0..64),
+        ) {
+            let _ = check_known_hosts(&text, &name, "ssh-ed25519", &key);
+            let _ = ssh_port(&url);
+            let _ = ssh_key_type(&blob);
+            let _ = glob(text.as_bytes(), name.as_bytes());
+        }
+
+        /// A host's own line matches, in clear, among any other lines, as
+        /// long as no line revokes or contradicts it.
+        #[test]
+        fn a_listed_key_matches(
+            host in "[a-z][a-z0-9-]{0,20}(\\.[a-z]{2,6}){0,2}",
+            port in proptest::option::of(1u16..),
+            key in "AAAA[A-Za-z0-9+/]{8,40}",
+            others in proptest::collection::vec("[a-z]{1,10}\\.example [a-z0-9-]{3,12} AAAA[A-Za-z0-9+/]{4,20}", 0..5),
+        ) {
+            let name = known_hosts_name(&host, port.unwrap_or(22));
+            let mut lines = others.clone();
+            lines.insert(others.len() / 2, format!("{name} ssh-ed25519 {key}"));
+            let text = lines.join("\n");
+            proptest::prop_assert_eq!(
+                check_known_hosts(&text, &name, "ssh-ed25519", &key),
+                KnownHost::Match
+            );
+        }
+    }
 }
