@@ -292,75 +292,7 @@ impl Remote {
         let port = ssh_port(&self.url);
         let seen = notes.clone();
         callbacks.certificate_check(move |cert, host| {
-            // TLS: OpenSSL's verdict against the CA store stands.
-            let Some(hostkey) = cert.as_hostkey() else {
-                return Ok(git2::CertificateCheckStatus::CertificatePassthrough);
-            };
-            let Some(raw) = hostkey.hostkey() else {
-                // Without the raw key there is nothing to check a file of
-                // our own against; never fall back to ~/.ssh for it.
-                return match &known_hosts {
-                    Some(_) => Err(git2::Error::new(
-                        git2::ErrorCode::Certificate,
-                        git2::ErrorClass::Ssh,
-                        format!("{host} sent no host key that repo.known_hosts_file could be checked against"),
-                    )),
-                    None => Ok(git2::CertificateCheckStatus::CertificatePassthrough),
-                };
-            };
-            let name = known_hosts_name(host, port);
-            let key_type = ssh_key_type(raw)
-                .or_else(|| hostkey.hostkey_type().map(|t| t.name().to_owned()))
-                .unwrap_or_else(|| "unknown".to_owned());
-            let fingerprint = hostkey
-                .hash_sha256()
-                .map(|h| format!(" SHA256:{}", STANDARD_NO_PAD.encode(h)))
-                .unwrap_or_default();
-            let shown = format!("{name} ({key_type}{fingerprint})");
-            seen.borrow_mut().host_key = Some(shown.clone());
-            // Without a file of our own, libgit2 checks ~/.ssh/known_hosts.
-            let Some((text, path)) = &known_hosts else {
-                return Ok(git2::CertificateCheckStatus::CertificatePassthrough);
-            };
-            let refusal = match check_known_hosts(text, &name, &key_type, &STANDARD.encode(raw)) {
-                KnownHost::Match => return Ok(git2::CertificateCheckStatus::CertificateOk),
-                KnownHost::Revoked { line } => format!(
-                    "the host key of {shown} is marked @revoked in repo.known_hosts_file {path} (line {line}); refusing to connect"
-                ),
-                KnownHost::Changed { line } => format!(
-                    "the host key of {shown} does not match the {key_type} key for it in repo.known_hosts_file {path} (line {line}); refusing to connect (if the server's key really changed, replace that line)"
-                ),
-                KnownHost::Unknown {
-                    other_types,
-                    hashed,
-                } => {
-                    let keyscan = if port == 22 {
-                        format!("ssh-keyscan -t {key_type} {host}")
-                    } else {
-                        format!("ssh-keyscan -t {key_type} -p {port} {host}")
-                    };
-                    let why = if !other_types.is_empty() {
-                        format!(
-                            " (it has {} keys for this host only; libssh2 picks the key type by its own preference)",
-                            other_types.join(", ")
-                        )
-                    } else if hashed {
-                        " (hashed `|1|` entries are not supported: write host names in clear)"
-                            .to_owned()
-                    } else {
-                        String::new()
-                    };
-                    format!(
-                        "the host key of {shown} is not in repo.known_hosts_file {path}{why}; refusing an unknown host (add its key, e.g. from `{keyscan}`, after checking the fingerprint)"
-                    )
-                }
-            };
-            seen.borrow_mut().host_key_refused = Some(refusal.clone());
-            Err(git2::Error::new(
-                git2::ErrorCode::Certificate,
-                git2::ErrorClass::Ssh,
-                refusal,
-            ))
+            check_host_key(cert, host, port, known_hosts.as_ref(), &seen)
         });
         let mut fo = git2::FetchOptions::new();
         fo.remote_callbacks(callbacks);
@@ -435,6 +367,89 @@ impl Remote {
     fn tracking_ref(&self) -> String {
         format!("refs/remotes/origin/{}", self.branch)
     }
+}
+
+/// `certificate_check`: a TLS certificate keeps OpenSSL's verdict; an SSH
+/// host key is checked against `known_hosts` (`(text, path)` of
+/// `repo.known_hosts_file`), else left to libgit2's `~/.ssh/known_hosts`.
+/// What it saw goes into `notes`, for [`Remote::explain`].
+fn check_host_key(
+    cert: &git2::cert::Cert<'_>,
+    host: &str,
+    port: u16,
+    known_hosts: Option<&(String, String)>,
+    notes: &SharedNotes,
+) -> Result<git2::CertificateCheckStatus, git2::Error> {
+    // TLS: OpenSSL's verdict against the CA store stands.
+    let Some(hostkey) = cert.as_hostkey() else {
+        return Ok(git2::CertificateCheckStatus::CertificatePassthrough);
+    };
+    let Some(raw) = hostkey.hostkey() else {
+        // Without the raw key there is nothing to check a file of
+        // our own against; never fall back to ~/.ssh for it.
+        return match known_hosts {
+            Some(_) => Err(git2::Error::new(
+                git2::ErrorCode::Certificate,
+                git2::ErrorClass::Ssh,
+                format!(
+                    "{host} sent no host key that repo.known_hosts_file could be checked against"
+                ),
+            )),
+            None => Ok(git2::CertificateCheckStatus::CertificatePassthrough),
+        };
+    };
+    let name = known_hosts_name(host, port);
+    let key_type = ssh_key_type(raw)
+        .or_else(|| hostkey.hostkey_type().map(|t| t.name().to_owned()))
+        .unwrap_or_else(|| "unknown".to_owned());
+    let fingerprint = hostkey
+        .hash_sha256()
+        .map(|h| format!(" SHA256:{}", STANDARD_NO_PAD.encode(h)))
+        .unwrap_or_default();
+    let shown = format!("{name} ({key_type}{fingerprint})");
+    notes.borrow_mut().host_key = Some(shown.clone());
+    // Without a file of our own, libgit2 checks ~/.ssh/known_hosts.
+    let Some((text, path)) = known_hosts else {
+        return Ok(git2::CertificateCheckStatus::CertificatePassthrough);
+    };
+    let refusal = match check_known_hosts(text, &name, &key_type, &STANDARD.encode(raw)) {
+        KnownHost::Match => return Ok(git2::CertificateCheckStatus::CertificateOk),
+        KnownHost::Revoked { line } => format!(
+            "the host key of {shown} is marked @revoked in repo.known_hosts_file {path} (line {line}); refusing to connect"
+        ),
+        KnownHost::Changed { line } => format!(
+            "the host key of {shown} does not match the {key_type} key for it in repo.known_hosts_file {path} (line {line}); refusing to connect (if the server's key really changed, replace that line)"
+        ),
+        KnownHost::Unknown {
+            other_types,
+            hashed,
+        } => {
+            let keyscan = if port == 22 {
+                format!("ssh-keyscan -t {key_type} {host}")
+            } else {
+                format!("ssh-keyscan -t {key_type} -p {port} {host}")
+            };
+            let why = if !other_types.is_empty() {
+                format!(
+                    " (it has {} keys for this host only; libssh2 picks the key type by its own preference)",
+                    other_types.join(", ")
+                )
+            } else if hashed {
+                " (hashed `|1|` entries are not supported: write host names in clear)".to_owned()
+            } else {
+                String::new()
+            };
+            format!(
+                "the host key of {shown} is not in repo.known_hosts_file {path}{why}; refusing an unknown host (add its key, e.g. from `{keyscan}`, after checking the fingerprint)"
+            )
+        }
+    };
+    notes.borrow_mut().host_key_refused = Some(refusal.clone());
+    Err(git2::Error::new(
+        git2::ErrorCode::Certificate,
+        git2::ErrorClass::Ssh,
+        refusal,
+    ))
 }
 
 /// `url` as errors and logs may show it: the user and password of an
