@@ -255,6 +255,15 @@ fn https_with_a_wrong_token_applies_nothing_names_the_refusal_and_recovers() {
     );
     // The server saw the attempts, and refused them.
     assert!(server.access_log().contains(" 401 "), "{}", server.logs());
+    // Polled every second, refused every time: warned about once.
+    d.wait("three failed polls", Duration::from_secs(15), |d| {
+        fetch_errors(d) >= 3
+    });
+    let warnings = d
+        .log()
+        .matches("fetch failed; the commit in force stays")
+        .count();
+    assert_eq!(warnings, 1, "{}", d.log());
     assert_nothing_applied(&h, &d);
     assert_never_shown(&h, &d, WRONG_TOKEN);
     assert_never_shown(&h, &d, TOKEN);

@@ -39,6 +39,8 @@ const LOCK_WAIT: Duration = Duration::from_secs(60);
 /// stops waiting for it. libgit2's own timeouts bound each connect and
 /// read; this bounds a remote that trickles data and never finishes.
 const FETCH_CAP: u32 = 4;
+/// The same fetch error is logged as a warning at most this often.
+const REPEAT_WARNING: Duration = Duration::from_secs(600);
 /// After SIGTERM, a reconcile in flight gets this long to finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
@@ -74,6 +76,8 @@ pub struct Daemon {
     reported_drift: Option<u64>,
     /// Why the last fetch failed (cleared by the next one that works).
     fetch_error: Option<String>,
+    /// When a failing fetch was last logged as a warning.
+    fetch_warned: Option<Instant>,
     /// A fetch still running after the loop stopped waiting for it; no
     /// other starts until it ends (they would fight over the clone).
     stuck_fetch: Option<tokio::task::JoinHandle<Result<String, vsa_live::git::SyncError>>>,
@@ -113,6 +117,7 @@ impl Daemon {
             retry_all: None,
             reported_drift: None,
             fetch_error: None,
+            fetch_warned: None,
             stuck_fetch: None,
             apply_error: None,
             renderer,
@@ -163,8 +168,9 @@ impl Daemon {
             if !stuck.is_finished() {
                 // Still a poll that brought nothing: counted, and the
                 // error in the status stays.
-                tracing::warn!("the previous fetch is still running; not starting another");
+                // (The warning came when it got stuck.)
                 self.shared.view().metrics.error("fetch");
+                tracing::debug!("the previous fetch is still running; not starting another");
                 return false;
             }
             self.stuck_fetch = None;
@@ -184,32 +190,24 @@ impl Daemon {
                     vsa_live::git::redacted(&remote.url),
                     cap.as_secs()
                 );
-                tracing::warn!(error = %e, "fetch failed; the commit in force stays");
                 self.stuck_fetch = Some(fetching);
-                self.shared.view().metrics.error("fetch");
-                self.fetch_error = Some(e);
-                self.update_last_error();
+                self.fetch_failed(e);
                 return false;
             }
         };
         let tip = match fetched {
             Ok(Ok(tip)) => tip,
             Ok(Err(e)) => {
-                tracing::warn!(error = %e, "fetch failed; the commit in force stays");
-                self.shared.view().metrics.error("fetch");
-                self.fetch_error = Some(e.to_string());
-                self.update_last_error();
+                self.fetch_failed(e.to_string());
                 return false;
             }
             Err(e) => {
-                tracing::error!(error = %e, "fetch panicked");
-                self.shared.view().metrics.error("fetch");
-                self.fetch_error = Some(format!("fetch panicked: {e}"));
-                self.update_last_error();
+                self.fetch_failed(format!("fetch panicked: {e}"));
                 return false;
             }
         };
         self.shared.view().metrics.last_fetch = Some(unix_now());
+        self.fetch_warned = None;
         if self.fetch_error.take().is_some() {
             tracing::info!("fetching works again");
             self.update_last_error();
@@ -254,6 +252,26 @@ impl Daemon {
                 false
             }
         }
+    }
+
+    /// A poll that brought nothing: counted, shown in the status, and
+    /// logged as a warning when the reason changes (else once every
+    /// [`REPEAT_WARNING`]; a 1 s poll against a dead remote must not
+    /// write a line a second).
+    fn fetch_failed(&mut self, e: String) {
+        self.shared.view().metrics.error("fetch");
+        let repeated = self.fetch_error.as_deref() == Some(e.as_str());
+        let recently = self
+            .fetch_warned
+            .is_some_and(|at| at.elapsed() < REPEAT_WARNING);
+        if repeated && recently {
+            tracing::debug!(error = %e, "fetch failed again");
+        } else {
+            tracing::warn!(error = %e, "fetch failed; the commit in force stays");
+            self.fetch_warned = Some(Instant::now());
+        }
+        self.fetch_error = Some(e);
+        self.update_last_error();
     }
 
     async fn refresh_working_copy(&mut self) -> bool {
