@@ -482,57 +482,47 @@ pub fn redacted(url: &str) -> String {
 pub fn fetch(path: &Path, remote: &Remote) -> Result<String, SyncError> {
     let is_empty_dir = |p: &Path| std::fs::read_dir(p).is_ok_and(|mut d| d.next().is_none());
     let repo = if !path.exists() || is_empty_dir(path) {
-        let (mut fo, notes) = remote.fetch_options()?;
-        fo.download_tags(git2::AutotagOption::None);
-        git2::build::RepoBuilder::new()
-            .branch(&remote.branch)
-            .fetch_options(fo)
-            .clone(&remote.url, path)
-            .map_err(|source| SyncError::Clone {
+        // A first clone is `git init` and a fetch: nothing is checked out
+        // before the commit validated ([`checkout`]).
+        git2::Repository::init(path).map_err(|source| SyncError::Clone {
+            url: redacted(&remote.url),
+            path: path.display().to_string(),
+            source,
+        })?
+    } else {
+        git2::Repository::open(path).map_err(|_| SyncError::NotAClone {
+            path: path.display().to_string(),
+        })?
+    };
+    // Until the branch was fetched once, a failure is the clone's.
+    let cloned = repo.refname_to_id(&remote.tracking_ref()).is_ok();
+    let failed = |source| {
+        if cloned {
+            SyncError::Fetch {
+                url: redacted(&remote.url),
+                branch: remote.branch.clone(),
+                source,
+            }
+        } else {
+            SyncError::Clone {
                 url: redacted(&remote.url),
                 path: path.display().to_string(),
-                source: remote.explain(source, &notes),
-            })?
-    } else {
-        let repo = git2::Repository::open(path).map_err(|_| SyncError::NotAClone {
-            path: path.display().to_string(),
-        })?;
-        let fetch_err = |source| SyncError::Fetch {
-            url: redacted(&remote.url),
-            branch: remote.branch.clone(),
-            source,
-        };
-        // The configured URL wins over whatever the clone was made from.
-        if repo
-            .find_remote("origin")
-            .ok()
-            .and_then(|r| r.url().ok().map(str::to_owned))
-            != Some(remote.url.clone())
-        {
-            if repo.find_remote("origin").is_ok() {
-                repo.remote_set_url("origin", &remote.url)
-                    .map_err(fetch_err)?;
-            } else {
-                repo.remote("origin", &remote.url).map_err(fetch_err)?;
+                source,
             }
         }
-        let mut origin = repo.find_remote("origin").map_err(fetch_err)?;
-        let (mut fo, notes) = remote.fetch_options()?;
-        fo.download_tags(git2::AutotagOption::None);
-        let refspec = format!("+refs/heads/{}:{}", remote.branch, remote.tracking_ref());
-        origin
-            .fetch(&[refspec.as_str()], Some(&mut fo), None)
-            .map_err(|source| fetch_err(remote.explain(source, &notes)))?;
-        drop(origin);
-        repo
     };
-    let tip = repo
-        .refname_to_id(&remote.tracking_ref())
-        .map_err(|source| SyncError::Fetch {
-            url: redacted(&remote.url),
-            branch: remote.branch.clone(),
-            source,
-        })?;
+    // An anonymous remote: the URL (which may carry a user or password)
+    // is never written into the clone's .git/config, and the configured
+    // one is always the one fetched from.
+    let mut origin = repo.remote_anonymous(&remote.url).map_err(failed)?;
+    let (mut fo, notes) = remote.fetch_options()?;
+    fo.download_tags(git2::AutotagOption::None);
+    let refspec = format!("+refs/heads/{}:{}", remote.branch, remote.tracking_ref());
+    origin
+        .fetch(&[refspec.as_str()], Some(&mut fo), None)
+        .map_err(|source| failed(remote.explain(source, &notes)))?;
+    drop(origin);
+    let tip = repo.refname_to_id(&remote.tracking_ref()).map_err(failed)?;
     Ok(tip.to_string())
 }
 

@@ -286,6 +286,37 @@ fn https_with_a_wrong_token_applies_nothing_names_the_refusal_and_recovers() {
 }
 
 #[test]
+fn https_credentials_in_the_url_work_and_are_written_nowhere() {
+    let Some(case) = https_case(TOKEN) else {
+        return;
+    };
+    let trust = case.trust();
+    let HttpsCase {
+        h,
+        remote,
+        server,
+        port,
+        first,
+        ..
+    } = case;
+    // The token in repo.url itself (no repo.token_file).
+    let url = server.url(&remote.bare).replacen(
+        "https://",
+        &format!("https://x-access-token:{TOKEN}@"),
+        1,
+    );
+    follow(&h, port, &url, "");
+    let home = empty_home(&h);
+    let d = Vsad::start_with_env(&h, port, &[("SSL_CERT_FILE", &trust), ("HOME", &home)]);
+    assert_eq!(d.status().unwrap()["commit"], first.as_str(), "{}", d.log());
+    assert!(body_soon(&h, "a.vsa.test").starts_with("upstream=app "));
+    // Not in the clone's git config (readable by all), nor anywhere shown.
+    let git_config = std::fs::read_to_string(h.path("clone/.git/config")).unwrap();
+    assert!(!git_config.contains(TOKEN), "{git_config}");
+    assert_never_shown(&h, &d, TOKEN);
+}
+
+#[test]
 fn https_token_is_not_sent_where_a_redirect_points() {
     let Some(case) = https_case(TOKEN) else {
         return;
