@@ -262,3 +262,17 @@ impl Remote {
         format!("file://{}", self.bare.display())
     }
 }
+
+/// A host (its nginx started) and a bare repository on disk holding site
+/// `a.vsa.test`, served by a new upstream `app`: (host, upstream, remote,
+/// the first commit). `None` (skipped) without nginx.
+pub fn host_with_a_site() -> Option<(Host, Upstream, Remote, String)> {
+    let bin = crate::require("nginx", "to run vsad against a real nginx")?;
+    let up = Upstream::start("app");
+    let mut h = Host::new(bin);
+    h.start();
+    let remote = Remote::new(&h.root);
+    remote.site("a.vsa.test", &up);
+    let first = remote.push("site a");
+    Some((h, up, remote, first))
+}

@@ -22,13 +22,7 @@ fn nginx() -> Option<PathBuf> {
 /// Returns the host, the upstream, the remote, vsad's API port and the
 /// first commit.
 fn following_host(repo_extra: &str) -> Option<(Host, Upstream, Remote, u16, String)> {
-    let bin = nginx()?;
-    let up = Upstream::start("app");
-    let mut h = Host::new(bin);
-    h.start();
-    let remote = Remote::new(&h.root);
-    remote.site("a.vsa.test", &up);
-    let first = remote.push("site a");
+    let (h, up, remote, first) = vsa_tests::daemon::host_with_a_site()?;
     let port = free_port();
     h.configure(&format!(
         "repo:\n  path: clone\n  url: {}\n{repo_extra}dashboard:\n  listen: 127.0.0.1:{port}\n",

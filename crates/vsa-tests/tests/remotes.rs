@@ -8,7 +8,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use vsa_tests::daemon::{Remote, Vsad};
+use vsa_tests::daemon::{Remote, Vsad, host_with_a_site};
 use vsa_tests::git_servers::{HttpsGitServer, SshGitServer};
 use vsa_tests::host::Host;
 use vsa_tests::{Upstream, free_port, http_get, http_get_until, require};
@@ -17,19 +17,6 @@ vsa_tests::child_entry_points!();
 
 const TOKEN: &str = "tok-5f3a9c1e-right-4b7d";
 const WRONG_TOKEN: &str = "tok-77d2b0aa-wrong-9e01";
-
-/// A host (its nginx started) and a bare repository on disk holding site
-/// `a.vsa.test`; returns them with the upstream and the first commit.
-fn host_with_a_site() -> Option<(Host, Upstream, Remote, String)> {
-    let bin = require("nginx", "to run vsad against a real nginx")?;
-    let up = Upstream::start("app");
-    let mut h = Host::new(bin);
-    h.start();
-    let remote = Remote::new(&h.root);
-    remote.site("a.vsa.test", &up);
-    let first = remote.push("site a");
-    Some((h, up, remote, first))
-}
 
 /// vsad follows `url` (polling every second) into `clone/`; `repo_extra`
 /// goes under `repo:`.
@@ -135,6 +122,21 @@ fn empty_home(h: &Host) -> String {
     home.display().to_string()
 }
 
+/// vsad for `h` with its API on `port`, an empty `HOME` (the machine's
+/// `~/.ssh` never decides a test) and, with `ca`, trusting that CA.
+/// `started`: wait for the first reconcile; else only for the API (a
+/// first fetch that fails leaves nothing to reconcile).
+fn vsad(h: &Host, port: u16, ca: Option<&str>, started: bool) -> Vsad {
+    let home = empty_home(h);
+    let mut env = vec![("HOME", home.as_str())];
+    env.extend(ca.map(|ca| ("SSL_CERT_FILE", ca)));
+    if started {
+        Vsad::start_with_env(h, port, &env)
+    } else {
+        Vsad::spawn_with(h, port, &env, None)
+    }
+}
+
 fn write(path: &Path, text: &str) {
     std::fs::write(path, text).unwrap();
 }
@@ -195,8 +197,7 @@ fn https_with_the_right_token_clones_and_follows_pushes() {
         port,
         ..
     } = case;
-    let home = empty_home(&h);
-    let mut d = Vsad::start_with_env(&h, port, &[("SSL_CERT_FILE", &trust), ("HOME", &home)]);
+    let mut d = vsad(&h, port, Some(&trust), true);
 
     assert_eq!(d.status().unwrap()["commit"], first.as_str(), "{}", d.log());
     assert!(body_soon(&h, "a.vsa.test").starts_with("upstream=app "));
@@ -240,13 +241,7 @@ fn https_with_a_wrong_token_applies_nothing_names_the_refusal_and_recovers() {
         port,
         ..
     } = case;
-    let home = empty_home(&h);
-    let mut d = Vsad::spawn_with(
-        &h,
-        port,
-        &[("SSL_CERT_FILE", &trust), ("HOME", &home)],
-        None,
-    );
+    let mut d = vsad(&h, port, Some(&trust), false);
 
     let line = fetch_failure(&mut d, "refused the token in repo.token_file");
     assert!(
@@ -306,8 +301,7 @@ fn https_credentials_in_the_url_work_and_are_written_nowhere() {
         1,
     );
     follow(&h, port, &url, "");
-    let home = empty_home(&h);
-    let d = Vsad::start_with_env(&h, port, &[("SSL_CERT_FILE", &trust), ("HOME", &home)]);
+    let d = vsad(&h, port, Some(&trust), true);
     assert_eq!(d.status().unwrap()["commit"], first.as_str(), "{}", d.log());
     assert!(body_soon(&h, "a.vsa.test").starts_with("upstream=app "));
     // Not in the clone's git config (readable by all), nor anywhere shown.
@@ -332,13 +326,7 @@ fn https_token_is_not_sent_where_a_redirect_points() {
     // repo.url redirects to another host name: another origin.
     let url = server.moved_url(&remote.bare);
     follow(&h, port, &url, "  token_file: git.token\n");
-    let home = empty_home(&h);
-    let mut d = Vsad::spawn_with(
-        &h,
-        port,
-        &[("SSL_CERT_FILE", &trust), ("HOME", &home)],
-        None,
-    );
+    let mut d = vsad(&h, port, Some(&trust), false);
 
     let line = fetch_failure(&mut d, "is sent only to repo.url's own host over https");
     assert!(
@@ -367,8 +355,7 @@ fn https_with_an_untrusted_certificate_applies_nothing() {
         h, server, port, ..
     } = case;
     // The system's CA store only: the test CA is not in it.
-    let home = empty_home(&h);
-    let mut d = Vsad::spawn_with(&h, port, &[("HOME", &home)], None);
+    let mut d = vsad(&h, port, None, false);
 
     let line = fetch_failure(&mut d, "certificate");
     assert!(line.contains("SSL_CERT_FILE"), "a hint at the fix: {line}");
@@ -403,8 +390,7 @@ fn ssh_with_the_right_key_and_a_known_host_key_clones_and_follows_pushes() {
             server.client_key.display()
         ),
     );
-    let home = empty_home(&h);
-    let mut d = Vsad::start_with_env(&h, port, &[("HOME", &home)]);
+    let mut d = vsad(&h, port, None, true);
 
     assert_eq!(
         d.status().unwrap()["commit"],
@@ -440,14 +426,13 @@ fn ssh_with_an_unknown_or_changed_host_key_is_refused_before_logging_in() {
     let port = free_port();
     let url = server.url(&remote.bare);
     let key = format!("  ssh_key_file: {}\n", server.client_key.display());
-    let home = empty_home(&h);
     let name = format!("[127.0.0.1]:{}", server.port);
     let known_hosts = h.path("known_hosts");
     let known_hosts_shown = known_hosts.display().to_string();
 
     // No repo.known_hosts_file and an empty ~/.ssh: unknown, refused.
     follow(&h, port, &url, &key);
-    let mut d = Vsad::spawn_with(&h, port, &[("HOME", &home)], None);
+    let mut d = vsad(&h, port, None, false);
     let line = fetch_failure(&mut d, "unknown or does not match ~/.ssh/known_hosts");
     // The fingerprint is the one `ssh-keygen -l` shows for the server.
     assert!(
@@ -472,7 +457,7 @@ fn ssh_with_an_unknown_or_changed_host_key_is_refused_before_logging_in() {
         &url,
         &format!("{key}  known_hosts_file: known_hosts\n"),
     );
-    let mut d = Vsad::spawn_with(&h, port, &[("HOME", &home)], None);
+    let mut d = vsad(&h, port, None, false);
     let line = fetch_failure(&mut d, "does not match the ssh-ed25519 key for it");
     assert!(
         line.contains(&name) && line.contains(&format!("{known_hosts_shown} (line 1)")),
@@ -491,7 +476,7 @@ fn ssh_with_an_unknown_or_changed_host_key_is_refused_before_logging_in() {
         &known_hosts,
         &format!("[127.0.0.1]:1 {real_key}\ngit.example.com {real_key}\n"),
     );
-    let mut d = Vsad::spawn_with(&h, port, &[("HOME", &home)], None);
+    let mut d = vsad(&h, port, None, false);
     let line = fetch_failure(&mut d, "is not in repo.known_hosts_file");
     assert!(
         line.contains(&name) && line.contains(&known_hosts_shown),
@@ -510,7 +495,7 @@ fn ssh_with_an_unknown_or_changed_host_key_is_refused_before_logging_in() {
 
     // The right host key, and the same setup works.
     write(&known_hosts, &format!("{}\n", server.known_hosts_line));
-    let d = Vsad::start_with_env(&h, port, &[("HOME", &home)]);
+    let d = vsad(&h, port, None, true);
     assert_eq!(d.status().unwrap()["commit"], first.as_str(), "{}", d.log());
     assert!(body_soon(&h, "a.vsa.test").starts_with("upstream=app "));
 }
@@ -539,8 +524,7 @@ fn ssh_with_a_key_the_server_does_not_authorize_applies_nothing() {
             key.display()
         ),
     );
-    let home = empty_home(&h);
-    let mut d = Vsad::spawn_with(&h, port, &[("HOME", &home)], None);
+    let mut d = vsad(&h, port, None, false);
 
     let line = fetch_failure(&mut d, "refused the key in repo.ssh_key_file");
     assert!(
@@ -594,7 +578,6 @@ fn a_remote_that_goes_quiet_times_out_and_the_daemon_stays_responsive() {
     };
     let mut h = Host::new(bin);
     h.start();
-    let home = empty_home(&h);
     let silent = unhelpful_server(None);
     // A TLS record header announcing a 16 KiB handshake record.
     let trickling = unhelpful_server(Some(&[0x16, 0x03, 0x03, 0x40, 0x00]));
@@ -620,7 +603,7 @@ fn a_remote_that_goes_quiet_times_out_and_the_daemon_stays_responsive() {
     ] {
         let port = free_port();
         follow(&h, port, &url, "  timeout: 1s\n");
-        let mut d = Vsad::spawn_with(&h, port, &[("HOME", &home)], None);
+        let mut d = vsad(&h, port, None, false);
         fetch_failure(&mut d, needle);
         // The loop goes on: it keeps answering and keeps polling.
         let seen = fetch_errors(&d);
