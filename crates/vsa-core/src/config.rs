@@ -332,7 +332,7 @@ impl Config {
         let timeout_ms = duration("repo.timeout", &raw.repo.timeout, 30_000);
         if raw.repo.token_file.is_some()
             && let Some(url) = &raw.repo.url
-            && !url.starts_with("https://")
+            && !url.to_ascii_lowercase().starts_with("https://")
         {
             bad("repo.token_file is sent only over https://, and repo.url is not an https:// URL (the token would travel in clear, or go nowhere)".to_owned());
         }

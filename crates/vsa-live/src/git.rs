@@ -155,6 +155,8 @@ pub enum SyncError {
         branch: String,
         source: git2::Error,
     },
+    #[error("{url} has no branch {branch} (repo.branch)")]
+    NoBranch { url: String, branch: String },
     #[error("cannot read {what} {path}: {source}")]
     Secret {
         what: &'static str,
@@ -387,16 +389,17 @@ fn check_host_key(
     let Some(raw) = hostkey.hostkey() else {
         // Without the raw key there is nothing to check a file of
         // our own against; never fall back to ~/.ssh for it.
-        return match known_hosts {
-            Some(_) => Err(git2::Error::new(
-                git2::ErrorCode::Certificate,
-                git2::ErrorClass::Ssh,
-                format!(
-                    "{host} sent no host key that repo.known_hosts_file could be checked against"
-                ),
-            )),
-            None => Ok(git2::CertificateCheckStatus::CertificatePassthrough),
-        };
+        if known_hosts.is_none() {
+            return Ok(git2::CertificateCheckStatus::CertificatePassthrough);
+        }
+        let refusal =
+            format!("{host} sent no host key that repo.known_hosts_file could be checked against");
+        notes.borrow_mut().host_key_refused = Some(refusal.clone());
+        return Err(git2::Error::new(
+            git2::ErrorCode::Certificate,
+            git2::ErrorClass::Ssh,
+            refusal,
+        ));
     };
     let name = known_hosts_name(host, port);
     let key_type = ssh_key_type(raw)
@@ -490,9 +493,15 @@ pub fn fetch(path: &Path, remote: &Remote) -> Result<String, SyncError> {
             source,
         })?
     } else {
-        git2::Repository::open(path).map_err(|_| SyncError::NotAClone {
+        let repo = git2::Repository::open(path).map_err(|_| SyncError::NotAClone {
             path: path.display().to_string(),
-        })?
+        })?;
+        // A clone made by an older vsad keeps its URL (perhaps with a
+        // password) in .git/config as `origin`: forget it.
+        if repo.find_remote("origin").is_ok() {
+            let _ = repo.remote_delete("origin");
+        }
+        repo
     };
     // Until the branch was fetched once, a failure is the clone's.
     let cloned = repo.refname_to_id(&remote.tracking_ref()).is_ok();
@@ -517,13 +526,52 @@ pub fn fetch(path: &Path, remote: &Remote) -> Result<String, SyncError> {
     let mut origin = repo.remote_anonymous(&remote.url).map_err(failed)?;
     let (mut fo, notes) = remote.fetch_options()?;
     fo.download_tags(git2::AutotagOption::None);
+    // FETCH_HEAD is not needed, and the reflog names the fetch, not the
+    // URL (libgit2 would write an anonymous remote's URL there).
+    fo.update_fetchhead(false);
     let refspec = format!("+refs/heads/{}:{}", remote.branch, remote.tracking_ref());
     origin
-        .fetch(&[refspec.as_str()], Some(&mut fo), None)
+        .fetch(&[refspec.as_str()], Some(&mut fo), Some("vsad: fetch"))
         .map_err(|source| failed(remote.explain(source, &notes)))?;
     drop(origin);
-    let tip = repo.refname_to_id(&remote.tracking_ref()).map_err(failed)?;
+    let tip = repo
+        .refname_to_id(&remote.tracking_ref())
+        .map_err(|_| SyncError::NoBranch {
+            url: redacted(&remote.url),
+            branch: remote.branch.clone(),
+        })?;
     Ok(tip.to_string())
+}
+
+/// Removes the lock files a killed fetch or checkout may have left in the
+/// clone at `path` (`.git/refs/**.lock`, `index.lock`, `HEAD.lock`,
+/// `packed-refs.lock`, `config.lock`); each would fail every later fetch
+/// with "file exists". Only for start-up: the clone is the daemon's own,
+/// and nothing else writes it. Returns what it removed.
+pub fn remove_stale_locks(path: &Path) -> Vec<std::path::PathBuf> {
+    let git = path.join(".git");
+    let mut locks: Vec<std::path::PathBuf> =
+        ["index.lock", "HEAD.lock", "packed-refs.lock", "config.lock"]
+            .iter()
+            .map(|f| git.join(f))
+            .filter(|p| p.is_file())
+            .collect();
+    let mut dirs = vec![git.join("refs")];
+    while let Some(dir) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let p = entry.path();
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                dirs.push(p);
+            } else if p.extension().is_some_and(|e| e == "lock") {
+                locks.push(p);
+            }
+        }
+    }
+    locks.retain(|p| std::fs::remove_file(p).is_ok());
+    locks
 }
 
 /// Makes the work tree at `path` exactly `commit` (HEAD detached there):

@@ -144,7 +144,10 @@ pub fn first_error(output: &str) -> String {
 
 /// `2026/11/29 12:57:56 [emerg] 8#8: message` → `nginx: [emerg] message`.
 fn without_log_prefix(line: &str) -> Option<String> {
-    let (level, at) = LEVELS.iter().find_map(|t| line.find(t).map(|i| (*t, i)))?;
+    let (level, at) = LEVELS
+        .iter()
+        .filter_map(|t| line.find(t).map(|i| (*t, i)))
+        .min_by_key(|(_, i)| *i)?;
     let stamp = &line[..at];
     let is_stamp = stamp.len() == "2026/11/29 12:57:56 ".len()
         && stamp.starts_with(|c: char| c.is_ascii_digit())

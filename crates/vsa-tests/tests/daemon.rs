@@ -507,6 +507,9 @@ fn vsad_check_validates_without_starting() {
     )
     .unwrap();
     assert_eq!(check(), 2);
+    // Read as the daemon reads it: an empty token is refused too.
+    std::fs::write(root.join("nope.token"), "\n").unwrap();
+    assert_eq!(check(), 2);
     std::fs::write(root.join("nope.token"), "t0ken\n").unwrap();
     assert_eq!(check(), 0);
 }

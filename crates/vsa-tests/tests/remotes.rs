@@ -304,9 +304,27 @@ fn https_credentials_in_the_url_work_and_are_written_nowhere() {
     let d = vsad(&h, port, Some(&trust), true);
     assert_eq!(d.status().unwrap()["commit"], first.as_str(), "{}", d.log());
     assert!(body_soon(&h, "a.vsa.test").starts_with("upstream=app "));
-    // Not in the clone's git config (readable by all), nor anywhere shown.
-    let git_config = std::fs::read_to_string(h.path("clone/.git/config")).unwrap();
-    assert!(!git_config.contains(TOKEN), "{git_config}");
+    // Not in any file of the clone (config, reflogs, FETCH_HEAD, refs:
+    // readable by all), nor anywhere shown.
+    let mut dirs = vec![h.path("clone/.git")];
+    let mut files = 0;
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            let p = entry.path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else {
+                files += 1;
+                let bytes = std::fs::read(&p).unwrap();
+                assert!(
+                    !bytes.windows(TOKEN.len()).any(|w| w == TOKEN.as_bytes()),
+                    "{} holds the token",
+                    p.display()
+                );
+            }
+        }
+    }
+    assert!(files > 10, "the clone was walked ({files} files)");
     assert_never_shown(&h, &d, TOKEN);
 }
 
@@ -547,12 +565,17 @@ fn ssh_with_a_key_the_server_does_not_authorize_applies_nothing() {
 /// says a word, or (`trickle`) starts to answer and adds a byte every
 /// 300 ms, never finishing: each read gets data in time, the fetch never
 /// ends. Connections are held until the test ends.
-fn unhelpful_server(trickle: Option<&'static [u8]>) -> u16 {
+fn unhelpful_server(
+    trickle: Option<&'static [u8]>,
+) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = accepted.clone();
     std::thread::spawn(move || {
         let mut held = Vec::new();
         for mut stream in listener.incoming().flatten() {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             match trickle {
                 Some(start) => {
                     std::thread::spawn(move || {
@@ -568,7 +591,7 @@ fn unhelpful_server(trickle: Option<&'static [u8]>) -> u16 {
             }
         }
     });
-    port
+    (port, accepted)
 }
 
 #[test]
@@ -578,9 +601,9 @@ fn a_remote_that_goes_quiet_times_out_and_the_daemon_stays_responsive() {
     };
     let mut h = Host::new(bin);
     h.start();
-    let silent = unhelpful_server(None);
+    let (silent, _) = unhelpful_server(None);
     // A TLS record header announcing a 16 KiB handshake record.
-    let trickling = unhelpful_server(Some(&[0x16, 0x03, 0x03, 0x40, 0x00]));
+    let (trickling, trickled) = unhelpful_server(Some(&[0x16, 0x03, 0x03, 0x40, 0x00]));
     for (url, needle) in [
         // libgit2's timeouts (repo.timeout) end a fetch from a remote that
         // stops answering, over HTTPS and over SSH.
@@ -612,10 +635,35 @@ fn a_remote_that_goes_quiet_times_out_and_the_daemon_stays_responsive() {
         });
         assert_eq!(http_get(d.port, "localhost", "/healthz", &[]).status, 200);
         assert_nothing_applied(&h, &d);
+        if url.contains(&format!(":{trickling}/")) {
+            // The stuck fetch is the only one: no second was started.
+            assert_eq!(trickled.load(std::sync::atomic::Ordering::SeqCst), 1);
+        }
         // SIGTERM is not held up by a fetch that never ends.
         let (status, took) = d.terminate();
         assert!(status.success(), "{status}: {}", d.log());
         assert!(took < Duration::from_secs(5), "took {took:?}");
         std::fs::remove_dir_all(h.path("clone")).ok();
     }
+}
+
+#[test]
+fn a_lock_file_left_by_a_killed_fetch_is_cleared_at_start() {
+    let Some((h, up, remote, _)) = host_with_a_site() else {
+        return;
+    };
+    let port = free_port();
+    follow(&h, port, &remote.url(), "");
+    let mut d = vsad(&h, port, None, true);
+    d.terminate();
+    // As if vsad had been killed while the fetch updated its ref: libgit2
+    // would refuse every later fetch ("file exists").
+    let lock = h.path("clone/.git/refs/remotes/origin/main.lock");
+    write(&lock, "");
+    remote.site("b.vsa.test", &up);
+    let second = remote.push("site b");
+    let mut d = vsad(&h, port, None, true);
+    d.wait_served_at(&h, "b.vsa.test", &second, Duration::from_secs(15));
+    assert!(!lock.exists());
+    assert!(d.log().contains("removed a lock file"), "{}", d.log());
 }

@@ -101,6 +101,11 @@ impl Daemon {
             ssh_key_file: config.repo.ssh_key_file.clone(),
             known_hosts_file: config.repo.known_hosts_file.clone(),
         });
+        if remote.is_some() {
+            for lock in vsa_live::git::remove_stale_locks(&config.repo.path) {
+                tracing::warn!(file = %lock.display(), "removed a lock file a stopped fetch left behind");
+            }
+        }
         let renderer = Arc::new(
             Renderer::new(RenderSettings::from(&*config)).with_threads(pipeline::threads()),
         );
@@ -185,7 +190,7 @@ impl Daemon {
             Ok(fetched) => fetched,
             Err(_) => {
                 let e = format!(
-                    "cannot fetch {} from {}: no result within {} s (4 × repo.timeout); the fetch is left to end on its own",
+                    "cannot fetch {} from {}: no result within {} s ({FETCH_CAP} × repo.timeout); the fetch is left to end on its own",
                     remote.branch,
                     vsa_live::git::redacted(&remote.url),
                     cap.as_secs()

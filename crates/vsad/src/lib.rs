@@ -238,34 +238,44 @@ fn read_secret(path: Option<&Path>, what: &str) -> Result<Option<Vec<u8>>> {
     Ok(Some(trimmed))
 }
 
-/// `vsad --check`: the configuration parses, the desired state loads.
+/// `vsad --check`: the configuration parses, the files it names can be
+/// read, the desired state loads. Every problem is reported, then 2.
 fn check(config: &Config, host: &str) -> Result<i32> {
-    // The files the daemon reads at start or at each fetch: a typo here
-    // would otherwise show only in the first fetch's error.
-    let files = [
+    let mut failed = false;
+    // The files the daemon reads at start or at each fetch, read as it
+    // reads them (secrets must not be empty): a typo would otherwise show
+    // only in the first fetch's error.
+    let secrets = [
         ("repo.webhook_secret_file", &config.repo.webhook_secret_file),
         ("repo.token_file", &config.repo.token_file),
-        ("repo.ssh_key_file", &config.repo.ssh_key_file),
-        ("repo.known_hosts_file", &config.repo.known_hosts_file),
         ("dashboard.token_file", &config.dashboard.token_file),
     ];
-    let mut unreadable = false;
-    for (key, path) in files {
-        if let Some(path) = path
-            && let Err(e) = std::fs::File::open(path)
-        {
-            eprintln!("vsad: cannot read {key} {}: {e}", path.display());
-            unreadable = true;
+    for (what, path) in secrets {
+        if let Err(e) = read_secret(path.as_deref(), what) {
+            eprintln!("vsad: {e:#}");
+            failed = true;
         }
     }
-    if unreadable {
-        return Ok(2);
+    let files = [
+        ("repo.ssh_key_file", &config.repo.ssh_key_file),
+        ("repo.known_hosts_file", &config.repo.known_hosts_file),
+    ];
+    for (what, path) in files {
+        if let Some(path) = path
+            && let Err(e) = std::fs::read(path)
+        {
+            eprintln!("vsad: cannot read {what} {}: {e}", path.display());
+            failed = true;
+        }
     }
-    if let Some(url) = &config.repo.url
-        && !url.starts_with("https://")
-        && !url.starts_with("file://")
-        && config.repo.known_hosts_file.is_none()
-    {
+    let ssh = config.repo.url.as_deref().is_some_and(|url| {
+        url.starts_with("ssh://")
+            || url.starts_with("git+ssh://")
+            || url.starts_with("ssh+git://")
+            // scp-like `user@host:path`
+            || (!url.contains("://") && url.split_once(':').is_some_and(|(host, _)| host.contains('@')))
+    });
+    if ssh && config.repo.known_hosts_file.is_none() {
         eprintln!(
             "vsad: warning: repo.url is an SSH remote and repo.known_hosts_file is unset: only ~/.ssh/known_hosts of the user vsad runs as can vouch for the server (the shipped systemd unit hides /root)"
         );
@@ -289,6 +299,9 @@ fn check(config: &Config, host: &str) -> Result<i32> {
     }
     if let Err(e) = vsa_engine::pipeline::check_host(&model, host) {
         eprintln!("vsad: {e}");
+        return Ok(2);
+    }
+    if failed {
         return Ok(2);
     }
     let mode = match config.mode {
