@@ -5,21 +5,11 @@
 /// The port an SSH URL names, 22 when none: `ssh://[user@]host[:port]/path`
 /// (the scp-like `[user@]host:path` has no port).
 pub(crate) fn ssh_port(url: &str) -> u16 {
-    let Some(rest) = ["ssh://", "ssh+git://", "git+ssh://"]
-        .iter()
-        .find_map(|scheme| url.strip_prefix(scheme))
-    else {
-        return 22;
-    };
-    let authority = rest.split('/').next().unwrap_or("");
-    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    let port = match host_port.strip_prefix('[') {
-        Some(bracketed) => bracketed
-            .split_once(']')
-            .and_then(|(_, p)| p.strip_prefix(':')),
-        None => host_port.rsplit_once(':').map(|(_, p)| p),
-    };
-    port.and_then(|p| p.parse().ok()).unwrap_or(22)
+    url::Url::parse(url)
+        .ok()
+        .filter(|u| matches!(u.scheme(), "ssh" | "ssh+git" | "git+ssh"))
+        .and_then(|u| u.port())
+        .unwrap_or(22)
 }
 
 /// How OpenSSH names a host in `known_hosts`: `host`, or `[host]:port`

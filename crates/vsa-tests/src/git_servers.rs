@@ -18,24 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::{Nginx, free_port, is_root, require, require_from};
-
-/// Stops a child process by its id: SIGTERM, then SIGKILL after 5 s.
-fn stop(child: &mut Child) {
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .stderr(Stdio::null())
-        .status();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-}
+use crate::{Nginx, free_port, is_root, require, require_from, stop};
 
 /// Waits until `port` on loopback accepts connections; panics with
 /// `logs()` when `child` exits or 10 s pass.
