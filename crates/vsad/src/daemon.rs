@@ -149,7 +149,7 @@ impl Daemon {
         match loaded {
             Ok(Ok(d)) => {
                 tracing::info!(commit = %commit, "resuming with the commit in force");
-                self.set_desired(d).await;
+                self.set_desired(d);
             }
             Ok(Err(e)) => {
                 tracing::warn!(commit = %commit, errors = ?e, "the commit in force no longer loads");
@@ -237,8 +237,7 @@ impl Daemon {
                     tracing::warn!(error = %e, "cannot check out the new commit; applying it from git anyway");
                 }
                 tracing::info!(commit = %tip, "new commit adopted");
-                self.refused = None;
-                self.set_desired(d).await;
+                self.set_desired(d);
                 if let Err(e) = self
                     .store
                     .set_state(&self.host, "commit_in_force", &tip)
@@ -293,8 +292,7 @@ impl Daemon {
                     return false;
                 }
                 tracing::info!(commit = ?d.commit, "desired state (re)loaded from the working copy");
-                self.refused = None;
-                self.set_desired(d).await;
+                self.set_desired(d);
                 true
             }
             Ok(Err((label, problems))) => {
@@ -310,7 +308,9 @@ impl Daemon {
         }
     }
 
-    async fn set_desired(&mut self, d: Desired) {
+    /// Puts `d` in force; a refusal before it no longer stands.
+    fn set_desired(&mut self, d: Desired) {
+        self.refused = None;
         {
             let mut v = self.shared.view();
             v.commit = d.commit.clone();
