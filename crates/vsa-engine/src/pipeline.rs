@@ -85,31 +85,24 @@ pub fn observe_blocking(
         .build()
         .map_err(PipelineError::Runtime)?
         .block_on(async {
-            let store = match vsa_store::Store::open_read_only(&config.paths.state).await {
-                Ok(store) => store,
-                Err(e) => {
-                    eprintln!(
-                        "warning: {e}; planning without the record of the certificates vsa issued"
-                    );
-                    None
-                }
+            let mut observed = observe(config, model, host, None).await?;
+            let warn = |e: &dyn std::fmt::Display| {
+                eprintln!(
+                    "warning: {e}; planning without the record of the certificates vsa issued"
+                );
             };
-            let observed = match &store {
-                Some(s) => match observe(config, model, host, Some(s)).await {
-                    Err(PipelineError::Store(e)) => {
-                        eprintln!(
-                            "warning: {e}; planning without the record of the certificates vsa issued"
-                        );
-                        observe(config, model, host, None).await
+            match vsa_store::Store::open_read_only(&config.paths.state).await {
+                Ok(Some(store)) => {
+                    match store.issued_certs(host).await {
+                        Ok(certs) => observed.vsa_certs = certs,
+                        Err(e) => warn(&e),
                     }
-                    other => other,
-                },
-                None => observe(config, model, host, None).await,
-            };
-            if let Some(s) = store {
-                s.close().await;
+                    store.close().await;
+                }
+                Ok(None) => {}
+                Err(e) => warn(&e),
             }
-            observed
+            Ok(observed)
         })
 }
 
