@@ -17,6 +17,7 @@ use vsa_core::{Model, Plan, Renderer};
 use vsa_live::acme::AcmeClient;
 use vsa_live::files::{self, FileMode};
 use vsa_live::nginx::{NginxControl, NginxError, error_location, first_error};
+use vsa_live::safe_fs::SafeDir;
 use vsa_store::{AuditLog, NewEvent, Outcome, ResourceStatus, Store};
 
 #[derive(Debug, thiserror::Error)]
@@ -831,14 +832,19 @@ async fn cert_step(
     };
 
     if c.action == Action::Delete {
-        let mut result = Ok(());
-        for f in ["fullchain.pem", "privkey.pem"] {
-            match std::fs::remove_file(live.join(f)) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => result = Err(e),
-                _ => {}
+        let result = (|| {
+            let Some(live_dir) = SafeDir::open(&cx.config.paths.letsencrypt.join("live"))? else {
+                return Ok(());
+            };
+            let Some(dir) = live_dir.sub_existing(name)? else {
+                return Ok(());
+            };
+            for f in ["fullchain.pem", "privkey.pem"] {
+                dir.remove(f)?;
             }
-        }
-        let _ = std::fs::remove_dir(&live); // only when nothing else is in it
+            live_dir.remove_empty_dir(name)?; // only when nothing else is in it
+            Ok::<(), std::io::Error>(())
+        })();
         return match result {
             Ok(()) => {
                 if let Some(store) = cx.store {
@@ -907,17 +913,12 @@ async fn cert_step(
         .map_err(|e| format!("the CA sent a certificate vsa cannot read: {e}"))?;
         // The key first: a crash between the two leaves a mismatch, which
         // the next plan sees and repairs, never a certificate without key.
-        let key_mode = FileMode {
-            mode: 0o600,
-            gid: None,
-        };
-        let cert_mode = FileMode {
-            mode: 0o644,
-            gid: None,
-        };
-        files::write_atomic(&live, "privkey.pem", i.key_pem.as_bytes(), key_mode)
-            .and_then(|()| {
-                files::write_atomic(&live, "fullchain.pem", i.chain_pem.as_bytes(), cert_mode)
+        SafeDir::create(&cx.config.paths.letsencrypt, 0o755)
+            .and_then(|d| d.sub("live", Some(0o755)))
+            .and_then(|d| d.sub(name, Some(0o755)))
+            .and_then(|d| {
+                d.write_atomic("privkey.pem", i.key_pem.as_bytes(), FileMode::private())?;
+                d.write_atomic("fullchain.pem", i.chain_pem.as_bytes(), FileMode::public())
             })
             .map_err(|e| format!("cannot write {}: {e}", live.display()))?;
         Ok(info)

@@ -1,7 +1,7 @@
 //! One apply at a time per host: an exclusive lock on a file in
 //! `paths.state`, shared by `vsactl apply` and the daemon.
 
-use std::fs::{File, OpenOptions, TryLockError};
+use std::fs::{File, TryLockError};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -41,13 +41,9 @@ impl HostLock {
             path: path.clone(),
             source,
         };
-        std::fs::create_dir_all(state_dir).map_err(open)?;
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
+        // In the private state dir, and never through a planted link.
+        let mut file = vsa_live::safe_fs::SafeDir::private(state_dir)
+            .and_then(|d| d.open_rw(LOCK_FILE, 0o600, false))
             .map_err(open)?;
         let deadline = Instant::now() + timeout;
         loop {

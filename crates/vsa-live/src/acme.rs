@@ -16,7 +16,7 @@ use instant_acme::{
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 
-use crate::files::{FileMode, write_atomic};
+use crate::safe_fs::{Entry, FileMode, SafeDir};
 
 /// Where the account is kept, under `paths.state`.
 pub const ACCOUNT_FILE: &str = "acme-account.json";
@@ -152,7 +152,14 @@ impl AcmeClient {
             message: reason(&e),
         };
         let file: PathBuf = state_dir.join(ACCOUNT_FILE);
-        if let Ok(text) = std::fs::read_to_string(&file) {
+        let account_err = |source| AcmeError::AccountFile {
+            path: file.display().to_string(),
+            source,
+        };
+        let state = SafeDir::private(state_dir).map_err(account_err)?;
+        if let Entry::File(bytes) = state.read(ACCOUNT_FILE, 1 << 20).map_err(account_err)?
+            && let Ok(text) = String::from_utf8(bytes)
+        {
             let same_directory = serde_json::from_str::<serde_json::Value>(&text)
                 .ok()
                 .is_some_and(|v| v["directory"] == directory);
@@ -177,19 +184,9 @@ impl AcmeClient {
             .await
             .map_err(dir_err)?;
         let json = serde_json::to_vec_pretty(&creds).unwrap_or_default();
-        write_atomic(
-            state_dir,
-            ACCOUNT_FILE,
-            &json,
-            FileMode {
-                mode: 0o600,
-                gid: None,
-            },
-        )
-        .map_err(|source| AcmeError::AccountFile {
-            path: file.display().to_string(),
-            source,
-        })?;
+        state
+            .write_atomic(ACCOUNT_FILE, &json, FileMode::private())
+            .map_err(account_err)?;
         Ok(AcmeClient {
             account,
             directory: directory.to_owned(),
@@ -205,13 +202,24 @@ impl AcmeClient {
         webroot: &Path,
         timeout: Duration,
     ) -> Result<Issued, AcmeError> {
-        let challenge_dir = webroot.join(".well-known/acme-challenge");
-        let mut tokens: Vec<PathBuf> = Vec::new();
+        // The webroot is served by nginx (in a container, maybe): its
+        // subdirectories are reached without following links.
+        let challenge_dir = SafeDir::create(webroot, 0o755)
+            .and_then(|w| w.sub(".well-known", Some(0o755)))
+            .and_then(|w| w.sub("acme-challenge", Some(0o755)))
+            .map_err(|source| AcmeError::Webroot {
+                path: webroot
+                    .join(".well-known/acme-challenge")
+                    .display()
+                    .to_string(),
+                source,
+            })?;
+        let mut tokens: Vec<String> = Vec::new();
         let result = self
             .order(names, &challenge_dir, &mut tokens, timeout)
             .await;
         for t in tokens {
-            let _ = std::fs::remove_file(t);
+            let _ = challenge_dir.remove(&t);
         }
         result
     }
@@ -219,8 +227,8 @@ impl AcmeClient {
     async fn order(
         &self,
         names: &[String],
-        challenge_dir: &Path,
-        tokens: &mut Vec<PathBuf>,
+        challenge_dir: &SafeDir,
+        tokens: &mut Vec<String>,
         timeout: Duration,
     ) -> Result<Issued, AcmeError> {
         let failed = |e: instant_acme::Error| AcmeError::Order { reason: reason(&e) };
@@ -250,21 +258,28 @@ impl AcmeClient {
                     })?;
             let key_auth = challenge.key_authorization();
             let webroot_err = |source| AcmeError::Webroot {
-                path: challenge_dir.display().to_string(),
+                path: challenge_dir.path().display().to_string(),
                 source,
             };
-            std::fs::create_dir_all(challenge_dir).map_err(webroot_err)?;
-            write_atomic(
-                challenge_dir,
-                &challenge.token,
-                key_auth.as_str().as_bytes(),
-                FileMode {
-                    mode: 0o644,
-                    gid: None,
-                },
-            )
-            .map_err(webroot_err)?;
-            tokens.push(challenge_dir.join(&challenge.token));
+            // A token is base64url; anything else never becomes a file name.
+            if challenge.token.is_empty()
+                || !challenge
+                    .token
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                return Err(AcmeError::Order {
+                    reason: format!("the CA sent the challenge token {:?}", challenge.token),
+                });
+            }
+            challenge_dir
+                .write_atomic(
+                    &challenge.token,
+                    key_auth.as_str().as_bytes(),
+                    FileMode::public(),
+                )
+                .map_err(webroot_err)?;
+            tokens.push(challenge.token.clone());
             challenge.set_ready().await.map_err(failed)?;
         }
         let retry = RetryPolicy::new()

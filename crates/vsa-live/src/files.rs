@@ -9,6 +9,10 @@ use vsa_core::config::Paths;
 use vsa_core::plan::{Observed, ObservedFile};
 use vsa_core::render::MANAGED_HEADER;
 
+use crate::safe_fs::{Entry, SafeDir};
+pub use crate::safe_fs::{FileMode, TEMP_PREFIX};
+use rustix::fs::FileType;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ObserveError {
     #[error("cannot read {path}: {source}")]
@@ -55,58 +59,70 @@ pub fn is_managed(content: &str) -> bool {
         .is_some_and(|l| l.trim_end() == MANAGED_HEADER)
 }
 
-fn entries(dir: &Path) -> Result<Vec<(String, std::fs::FileType)>> {
-    let rd = match std::fs::read_dir(dir) {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(source) => {
-            return Err(ObserveError::Read {
-                path: dir.to_owned(),
-                source,
-            });
-        }
+/// The largest file observation reads: a rendered vhost is a few KiB, an
+/// htpasswd file of ten thousand users well under this. Anything larger is
+/// observed as someone else's file, unread.
+pub const MAX_FILE: u64 = 4 << 20;
+
+/// A directory (when it exists) and its entries.
+type Listing = (Option<SafeDir>, Vec<(String, FileType)>);
+
+fn entries(dir: &Path) -> Result<Listing> {
+    let read_err = |source| ObserveError::Read {
+        path: dir.to_owned(),
+        source,
     };
-    let mut out = Vec::new();
-    for entry in rd {
-        let entry = entry.map_err(|source| ObserveError::Read {
-            path: dir.to_owned(),
-            source,
-        })?;
-        let Ok(name) = entry.file_name().into_string() else {
-            continue; // not UTF-8: certainly not a file vsa wrote
-        };
-        let ft = entry.file_type().map_err(|source| ObserveError::Read {
-            path: entry.path(),
-            source,
-        })?;
-        out.push((name, ft));
-    }
-    Ok(out)
+    let Some(d) = SafeDir::open(dir).map_err(read_err)? else {
+        return Ok((None, Vec::new()));
+    };
+    let list = d.entries().map_err(read_err)?;
+    Ok((Some(d), list))
 }
 
 fn read_dir_files(dir: &Path, suffix: &str) -> Result<BTreeMap<String, ObservedFile>> {
     let mut out = BTreeMap::new();
-    for (name, ft) in entries(dir)? {
+    let (Some(d), list) = entries(dir)? else {
+        return Ok(out);
+    };
+    for (name, ft) in list {
         // Dot files include vsa's own temporary files during an atomic write.
-        if !name.ends_with(suffix) || name.starts_with('.') || ft.is_dir() {
+        if !name.ends_with(suffix) || name.starts_with('.') {
             continue;
         }
-        let path = dir.join(&name);
-        let bytes = match std::fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue, // removed meanwhile
-            Err(source) => return Err(ObserveError::Read { path, source }),
+        // Read without following a link or blocking on a FIFO: what is not
+        // a regular file (a directory too) is never vsa's, and its content
+        // is nobody's business here. It stays in the map, so that the plan
+        // sees a name in the way rather than a free one.
+        let entry = if ft == FileType::RegularFile || ft == FileType::Unknown {
+            d.read(&name, MAX_FILE)
+                .map_err(|source| ObserveError::Read {
+                    path: dir.join(&name),
+                    source,
+                })?
+        } else {
+            Entry::Other(String::new())
         };
-        // A symlink or a non-UTF-8 file is never one vsa wrote.
-        let content = String::from_utf8_lossy(&bytes).into_owned();
-        let managed = ft.is_file() && is_managed(&content);
-        out.insert(name, ObservedFile { content, managed });
+        let observed = match entry {
+            Entry::Missing => continue, // removed meanwhile
+            Entry::File(bytes) => {
+                // A non-UTF-8 file is never one vsa wrote.
+                let content = String::from_utf8_lossy(&bytes).into_owned();
+                let managed = is_managed(&content);
+                ObservedFile { content, managed }
+            }
+            Entry::Other(_) => ObservedFile {
+                content: String::new(),
+                managed: false,
+            },
+        };
+        out.insert(name, observed);
     }
     Ok(out)
 }
 
 fn names_with_suffix(dir: &Path, suffix: &str) -> Result<BTreeSet<String>> {
     Ok(entries(dir)?
+        .1
         .into_iter()
         .filter_map(|(name, _)| name.strip_suffix(suffix).map(str::to_owned))
         .collect())
@@ -116,7 +132,7 @@ fn names_with_suffix(dir: &Path, suffix: &str) -> Result<BTreeSet<String>> {
 fn certs_present(letsencrypt: &Path) -> Result<BTreeSet<String>> {
     let live = letsencrypt.join("live");
     let mut out = BTreeSet::new();
-    for (name, _) in entries(&live)? {
+    for (name, _) in entries(&live)?.1 {
         let dir = live.join(&name);
         if dir.join("fullchain.pem").is_file() && dir.join("privkey.pem").is_file() {
             out.insert(name);
@@ -125,100 +141,41 @@ fn certs_present(letsencrypt: &Path) -> Result<BTreeSet<String>> {
     Ok(out)
 }
 
-/// Files vsa is writing start with this; observation skips dot files, and
-/// the next apply removes any a crash left behind.
-pub const TEMP_PREFIX: &str = ".vsa-tmp.";
-
-/// How a managed file is written.
-#[derive(Clone, Copy, Debug)]
-pub struct FileMode {
-    pub mode: u32,
-    /// Group to own the file (nginx workers' group for htpasswd files).
-    pub gid: Option<u32>,
-}
-
-/// Writes `content` to `dir/name` atomically: a temporary file in the same
-/// directory, fsync, permissions, rename over the old file, fsync of the
-/// directory. A crash at any point leaves the old file or the new one,
-/// never a mix.
+/// Writes `content` to `dir/name` atomically (see [`SafeDir::write_atomic`]),
+/// creating the operator's directory `dir` when missing.
 pub fn write_atomic(dir: &Path, name: &str, content: &[u8], mode: FileMode) -> io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!("{TEMP_PREFIX}{name}.{}", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)?;
-        f.write_all(content)?;
-        f.set_permissions(std::fs::Permissions::from_mode(mode.mode))?;
-        if let Some(gid) = mode.gid {
-            std::os::unix::fs::fchown(&f, None, Some(gid))?;
-        }
-        f.sync_all()?;
-        drop(f);
-        std::fs::rename(&tmp, dir.join(name))?;
-        sync_dir(dir)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    SafeDir::create(dir, 0o755)?.write_atomic(name, content, mode)
 }
 
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    std::fs::File::open(dir)?.sync_all()
-}
-
-/// Removes `dir/name` only if it still carries the managed header: a file
-/// someone took over by hand since it was observed is left alone
-/// (`Ok(false)`).
+/// Removes `dir/name` only if it is a regular file that still carries the
+/// managed header: a file someone took over by hand since it was observed,
+/// or a link planted under its name, is left alone (`Ok(false)`).
 pub fn remove_managed(dir: &Path, name: &str) -> io::Result<bool> {
-    let path = dir.join(name);
-    let content = match std::fs::read(&path) {
-        Ok(c) => c,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(true),
-        Err(e) => return Err(e),
+    let Some(d) = SafeDir::open(dir)? else {
+        return Ok(true);
     };
-    let meta = std::fs::symlink_metadata(&path)?;
-    if !meta.is_file() || !is_managed(&String::from_utf8_lossy(&content)) {
-        return Ok(false);
-    }
-    std::fs::remove_file(&path)?;
-    sync_dir(dir)?;
-    Ok(true)
-}
-
-/// Creates an empty file (and its directory) if it does not exist.
-pub fn ensure_file(dir: &Path, name: &str, mode: u32) -> io::Result<bool> {
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::create_dir_all(dir)?;
-    match std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(dir.join(name))
-    {
-        Ok(_) => Ok(true),
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
-        Err(e) => Err(e),
-    }
-}
-
-/// Removes temporary files a killed writer left in `dir`.
-pub fn clean_temp_files(dir: &Path) -> io::Result<usize> {
-    let mut n = 0;
-    for (name, ft) in entries(dir).map_err(|e| match e {
-        ObserveError::Read { source, .. } => source,
-    })? {
-        if ft.is_file() && name.starts_with(TEMP_PREFIX) {
-            std::fs::remove_file(dir.join(&name))?;
-            n += 1;
+    match d.read(name, MAX_FILE)? {
+        Entry::Missing => Ok(true),
+        Entry::File(content) if is_managed(&String::from_utf8_lossy(&content)) => {
+            d.remove(name)?;
+            Ok(true)
         }
+        _ => Ok(false),
     }
-    Ok(n)
+}
+
+/// Creates an empty file (and its directory) if nothing has its name.
+pub fn ensure_file(dir: &Path, name: &str, mode: u32) -> io::Result<bool> {
+    SafeDir::create(dir, 0o755)?.create_new(name, mode)
+}
+
+/// Removes temporary files a killed writer left in `dir`, and whatever
+/// else was planted under a temporary name (never followed).
+pub fn clean_temp_files(dir: &Path) -> io::Result<usize> {
+    match SafeDir::open(dir)? {
+        Some(d) => d.clean_temp_files(),
+        None => Ok(0),
+    }
 }
 
 /// The gid of a group, from `/etc/group`.

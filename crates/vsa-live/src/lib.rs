@@ -13,6 +13,7 @@ pub mod git;
 mod known_hosts;
 pub mod nginx;
 pub mod repo;
+pub use vsa_fs as safe_fs;
 
 pub use files::observe;
 pub use repo::read_repo;

@@ -6,7 +6,7 @@
 //! module is the one place that writes a line; the same events then go to
 //! the state database ([`crate::Store::insert_events`]).
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
@@ -153,14 +153,13 @@ impl AuditLog {
             path: path.to_owned(),
             source,
         };
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(io)?;
-        }
-        let mut file = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
-            .open(path)
+        let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str()))
+        else {
+            return Err(io(std::io::Error::other("not a file path")));
+        };
+        // Never through a link planted under the log's name.
+        let mut file = vsa_fs::SafeDir::create(dir, 0o750)
+            .and_then(|d| d.open_rw(name, 0o640, true))
             .map_err(io)?;
         let (head, cut_at) = last_complete_line(&mut file).map_err(io)?;
         if let Some(len) = cut_at {
@@ -476,7 +475,10 @@ mod tests {
     #[test]
     fn a_line_cut_by_a_crash_is_dropped_and_the_chain_continues() {
         let (_d, path) = log_with(2);
-        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
         f.write_all(b"{\"ts\":\"2026-11-28T17:").unwrap();
         drop(f);
         let mut log = AuditLog::open(&path, "vsad", "vps-01").unwrap();

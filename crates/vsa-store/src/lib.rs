@@ -104,7 +104,9 @@ pub struct Store {
 impl Store {
     /// Opens (creating and migrating) the database in `state_dir`.
     pub async fn open(state_dir: &Path) -> Result<Store> {
-        std::fs::create_dir_all(state_dir).map_err(|source| StoreError::Dir {
+        // Everything in the state dir is trusted (the database, the lock,
+        // the ACME key): it must be this user's alone.
+        vsa_fs::SafeDir::private(state_dir).map_err(|source| StoreError::Dir {
             path: state_dir.to_owned(),
             source,
         })?;
