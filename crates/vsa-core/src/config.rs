@@ -73,6 +73,13 @@ pub struct NginxConfig {
     pub resolver: String,
     /// Also listen on IPv6 (`[::]:port`).
     pub ipv6: bool,
+    /// The port of vsa's probe server in the http-context file: after a
+    /// reload, vsa reads the configuration's generation back from it, on
+    /// 127.0.0.1 (or, with `container`, at the container's address).
+    pub probe_port: u16,
+    /// nginx's error log on the host, where a reload that did not take
+    /// effect says why (with `container`, the container's log is read).
+    pub error_log: PathBuf,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -88,6 +95,9 @@ pub struct DockerConfig {
     pub endpoint: Option<String>,
     pub network: String,
 }
+
+/// The loopback port of vsa's probe server when `nginx.probe_port` is not set.
+pub const DEFAULT_PROBE_PORT: u16 = 8087;
 
 /// Where the Docker engine listens when `docker.endpoint` is not set.
 pub const DEFAULT_DOCKER_ENDPOINT: &str = "unix:///var/run/docker.sock";
@@ -202,6 +212,8 @@ struct RawNginx {
     paths: RawNginxPaths,
     resolver: Option<String>,
     ipv6: Option<bool>,
+    probe_port: Option<u16>,
+    error_log: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -379,8 +391,13 @@ impl Config {
         }
         let http_port = raw.nginx.http_port.unwrap_or(80);
         let https_port = raw.nginx.https_port.unwrap_or(443);
-        if http_port == 0 || https_port == 0 {
-            bad("nginx.http_port and nginx.https_port must be 1-65535".into());
+        let probe_port = raw.nginx.probe_port.unwrap_or(DEFAULT_PROBE_PORT);
+        if http_port == 0 || https_port == 0 || probe_port == 0 {
+            bad("nginx.http_port, nginx.https_port and nginx.probe_port must be 1-65535".into());
+        } else if probe_port == http_port || probe_port == https_port {
+            bad(format!(
+                "nginx.probe_port {probe_port} is a port the sites listen on; vsa's probe needs a port of its own"
+            ));
         }
         let resolver = raw
             .nginx
@@ -462,6 +479,8 @@ impl Config {
                 paths: nginx_paths,
                 resolver,
                 ipv6: raw.nginx.ipv6.unwrap_or(true),
+                probe_port,
+                error_log: given(&raw.nginx.error_log, "/var/log/nginx/error.log"),
             },
             paths,
             docker: DockerConfig {

@@ -46,6 +46,10 @@ pub struct Observed {
     /// The env files the stacks name: path → digest of the content, or why
     /// it cannot be read.
     pub env_files: BTreeMap<String, Result<String, String>>,
+    /// What vsa's probe in nginx answered: the generation of the
+    /// configuration nginx serves, or why it did not answer. `None` when
+    /// nobody asked (no stamped http-context file on disk, or no host).
+    pub nginx_served: Option<Result<String, String>>,
 }
 
 /// The kinds of resources of DESIGN §5 (contract).
@@ -142,12 +146,16 @@ pub struct Plan {
     pub unmanaged: Vec<Unmanaged>,
     #[serde(default)]
     pub conflicts: Vec<Conflict>,
+    /// Why nginx must be reloaded although no file changes: it does not
+    /// serve the configuration on disk (a reload that did not take effect).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reload: Option<String>,
 }
 
 impl Plan {
-    /// Nothing to change and nothing in the way.
+    /// Nothing to change, nothing in the way, and nginx serves what is on disk.
     pub fn in_sync(&self) -> bool {
-        self.changes.is_empty() && self.conflicts.is_empty()
+        self.changes.is_empty() && self.conflicts.is_empty() && self.reload.is_none()
     }
 
     fn finish(mut self) -> Plan {
@@ -200,18 +208,40 @@ pub fn plan(
         summary: Summary::default(),
         unmanaged: Vec::new(),
         conflicts: Vec::new(),
+        reload: None,
     };
 
-    // The http-context file, then one vhost per site.
+    // The http-context file, then one vhost per site. Once vsa manages
+    // nginx on a host, the file stays when the last site goes: its probe
+    // confirms that nginx stopped serving it.
+    let on_disk = observed.vhosts.get(HTTP_CONTEXT_FILE).filter(|f| f.managed);
+    let generation = on_disk.and_then(|f| crate::render::generation_of(&f.content));
+    // A file no reload of vsa's ever stamped (put in place by hand) has
+    // nothing to compare with what nginx serves.
+    let stamped = generation.filter(|g| *g != crate::render::NO_GENERATION);
     let mut desired_vhosts: BTreeMap<String, (String, String)> = BTreeMap::new();
-    if !sites.is_empty() {
+    if !sites.is_empty() || on_disk.is_some() {
         desired_vhosts.insert(
             HTTP_CONTEXT_FILE.to_owned(),
             (
                 HTTP_CONTEXT_NAME.to_owned(),
-                renderer.http_context(sites.iter().copied())?,
+                renderer.http_context(
+                    sites.iter().copied(),
+                    generation.unwrap_or(crate::render::NO_GENERATION),
+                )?,
             ),
         );
+    }
+    // Converged means served: files on disk that nginx did not load are
+    // not converged, whatever their content.
+    if let (Some(generation), Some(served)) = (stamped, &observed.nginx_served) {
+        p.reload = match served {
+            Ok(g) if g == generation => None,
+            Ok(g) => Some(format!(
+                "nginx serves configuration {g}, not the one on disk ({generation}): its last reload did not take effect"
+            )),
+            Err(e) => Some(format!("nginx does not answer vsa's probe: {e}")),
+        };
     }
     let rendered = render_all(renderer, &sites, observed);
     for (site, content) in sites.iter().zip(rendered) {
@@ -301,7 +331,40 @@ pub fn plan(
             });
         }
     }
+    fail_closed(&mut p);
     Ok(p.finish())
+}
+
+/// A site whose htpasswd file is blocked (someone else's file is in the
+/// way) must not go live with its vhost: nginx would check passwords
+/// against that file. Its vhost and certificate wait; its previous vhost,
+/// if any, stays as it is.
+fn fail_closed(p: &mut Plan) {
+    let blocked: BTreeSet<String> = p
+        .conflicts
+        .iter()
+        .filter(|c| c.kind == ResourceKind::Htpasswd)
+        .map(|c| c.name.clone())
+        .collect();
+    if blocked.is_empty() {
+        return;
+    }
+    p.changes.retain(|c| {
+        !(blocked.contains(&c.name)
+            && matches!(c.kind, ResourceKind::Vhost | ResourceKind::Cert)
+            && c.action != Action::Delete)
+    });
+    for name in blocked {
+        p.conflicts.push(Conflict {
+            kind: ResourceKind::Vhost,
+            file: Renderer::vhost_file(&name),
+            message: format!(
+                "not written: the site's htpasswd file is blocked, and nginx would check its passwords against someone else's file; its previous vhost (if any) stays until {} is vsa's",
+                Renderer::htpasswd_file(&name)
+            ),
+            name,
+        });
+    }
 }
 
 /// `tls: acme` sites without a usable certificate for all their names, or
@@ -635,7 +698,9 @@ pub fn htpasswd_diff(live: &str, desired: &str) -> String {
             .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
             .map(|l| match l.split_once(':') {
                 Some((u, h)) => (u.to_owned(), h.to_owned()),
-                None => (l.to_owned(), String::new()),
+                // A hand-edited line without `:` may be a bare hash: never
+                // shown, only counted.
+                None => ("(a line that is not user:hash)".to_owned(), l.to_owned()),
             })
             .collect()
     };

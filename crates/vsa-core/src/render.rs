@@ -25,6 +25,44 @@ pub const HTTP_CONTEXT_FILE: &str = "00-vsa-http.conf";
 /// Its name in plans (kind `vhost`).
 pub const HTTP_CONTEXT_NAME: &str = "00-vsa-http";
 
+/// Where vsa's probe server answers with the generation of the
+/// configuration nginx serves ("converged means served").
+pub const PROBE_PATH: &str = "/.vsa/generation";
+
+/// The generation of an http-context file no reload has stamped yet.
+pub const NO_GENERATION: &str = "0000000000000000";
+
+const PROBE_LINE: &str = "location = /.vsa/generation { return 200 \"";
+
+/// A generation: 16 lower-case hex digits, as vsa stamps them.
+pub fn is_generation(s: &str) -> bool {
+    s.len() == 16 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// The generation an http-context file's probe server answers with; `None`
+/// for a file without one (written by an older vsa, or not vsa's).
+pub fn generation_of(http_context: &str) -> Option<&str> {
+    let at = http_context.find(PROBE_LINE)? + PROBE_LINE.len();
+    let generation = http_context.get(at..at + 16)?;
+    is_generation(generation).then_some(generation)
+}
+
+/// `http_context` with its probe answering `generation` instead: the
+/// stamp vsa puts on the file right before a reload. `None` when the file
+/// has no probe.
+pub fn with_generation(http_context: &str, generation: &str) -> Option<String> {
+    if !is_generation(generation) {
+        return None;
+    }
+    let at = http_context.find(PROBE_LINE)? + PROBE_LINE.len();
+    generation_of(http_context)?;
+    let mut out = String::with_capacity(http_context.len());
+    out.push_str(&http_context[..at]);
+    out.push_str(generation);
+    out.push_str(&http_context[at + 16..]);
+    Some(out)
+}
+
 /// The default Content-Security-Policy: forbids framing and plugins, but lets
 /// the typical proxied app (Dify, n8n, a CMS) load its own inline scripts.
 pub const DEFAULT_CSP: &str = "default-src 'self' http: https: data: blob: 'unsafe-inline' 'unsafe-eval'; object-src 'none'; frame-ancestors 'none'";
@@ -51,6 +89,10 @@ pub struct RenderSettings {
     pub renew_before_days: u32,
     /// The shared network of the proxy and the containers (`docker.network`).
     pub docker_network: String,
+    /// What vsa's probe server listens on: loopback on the host; in a
+    /// container, its port on every address of the container (the host
+    /// reaches it at the container's address; nothing publishes it).
+    pub probe_listen: String,
 }
 
 impl From<&Config> for RenderSettings {
@@ -66,6 +108,10 @@ impl From<&Config> for RenderSettings {
             access_logs_dir: c.nginx.paths.access_logs.clone(),
             renew_before_days: c.acme.renew_before_days,
             docker_network: c.docker.network.clone(),
+            probe_listen: match c.nginx.container {
+                Some(_) => c.nginx.probe_port.to_string(),
+                None => format!("127.0.0.1:{}", c.nginx.probe_port),
+            },
         }
     }
 }
@@ -125,9 +171,11 @@ struct ContainerCtx<'a> {
 }
 
 #[derive(Serialize)]
-struct HttpCtx {
+struct HttpCtx<'a> {
     zones: Vec<ZoneCtx>,
     names_hash_max_size: usize,
+    probe_listen: &'a str,
+    generation: &'a str,
 }
 
 #[derive(Serialize)]
@@ -258,10 +306,12 @@ impl Renderer {
         Some(out)
     }
 
-    /// The http-context file for the sites of one host.
+    /// The http-context file for the sites of one host, with vsa's probe
+    /// server answering `generation` (see [`generation_of`]).
     pub fn http_context<'a>(
         &self,
         sites: impl IntoIterator<Item = &'a Site>,
+        generation: &str,
     ) -> Result<String, RenderError> {
         let mut rates = BTreeSet::new();
         let mut names = 0usize;
@@ -282,6 +332,12 @@ impl Renderer {
             // Comfortably above the number of names, in steps, so that adding
             // one site does not rewrite this file every time.
             names_hash_max_size: (names * 2).max(1024).next_power_of_two(),
+            probe_listen: &self.settings.probe_listen,
+            generation: if is_generation(generation) {
+                generation
+            } else {
+                NO_GENERATION
+            },
         };
         let ctx =
             Context::from_serialize(&ctx).map_err(|e| RenderError::Template(e.to_string()))?;

@@ -96,7 +96,22 @@ fn htpasswd_and_http_context() {
     let r = renderer();
     insta::assert_snapshot!("htpasswd", r.htpasswd(&m.sites[0]).unwrap());
     assert!(r.htpasswd(&m.sites[1]).is_none());
-    insta::assert_snapshot!("http_context", r.http_context(&m.sites).unwrap());
+    let http = r.http_context(&m.sites, "0123456789abcdef").unwrap();
+    insta::assert_snapshot!("http_context", http);
+    // The probe's generation is read back and restamped, nothing else moves.
+    use vsa_core::render::{generation_of, with_generation};
+    assert_eq!(generation_of(&http), Some("0123456789abcdef"));
+    let stamped = with_generation(&http, "fedcba9876543210").unwrap();
+    assert_eq!(generation_of(&stamped), Some("fedcba9876543210"));
+    assert_eq!(
+        stamped.replace("fedcba9876543210", "0123456789abcdef"),
+        http
+    );
+    assert_eq!(with_generation(&http, "not-hex"), None);
+    assert_eq!(generation_of("# managed-by: vsa\n"), None);
+    // Anything but a generation renders as the unstamped one.
+    let odd = r.http_context(&m.sites, "\"; evil").unwrap();
+    assert_eq!(generation_of(&odd), Some(vsa_core::render::NO_GENERATION));
 }
 
 fn observed_from(plan: &vsa_core::Plan, certs: &[&str]) -> Observed {

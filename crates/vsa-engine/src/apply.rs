@@ -140,6 +140,14 @@ pub async fn apply(cx: &mut Ctx<'_>) -> Result<ApplyReport, ApplyError> {
             let observed = crate::pipeline::observe(cx.config, cx.model, cx.host, cx.store).await?;
             let full =
                 vsa_core::plan(cx.model, cx.host, &observed, cx.renderer, cx.commit.clone())?;
+            // nginx does not serve what is on disk (a reload that did not
+            // take effect): reload again, once per apply.
+            if full.reload.is_some()
+                && !failed.contains_key("nginx")
+                && !cx.options.hold.contains("nginx")
+            {
+                report.reload_owed = true;
+            }
             let mut plan = full.clone();
             // A certificate is ordered at most once per apply, even when
             // the new one is still inside the renewal window.
@@ -165,8 +173,10 @@ pub async fn apply(cx: &mut Ctx<'_>) -> Result<ApplyReport, ApplyError> {
             run_pass(cx, &plan, &observed, &mut failed, &mut report, &mut acme).await?;
         }
         if report.reload_owed {
-            // A renewal after the pass's reload, and no pass since.
+            // A renewal after the pass's reload, and no pass since, or a
+            // reload owed from before: the plan must be looked at again.
             owed_reload(cx, &mut failed, &mut report).await?;
+            current = None;
         }
         Ok::<(), ApplyError>(())
     }
@@ -193,9 +203,9 @@ pub async fn apply(cx: &mut Ctx<'_>) -> Result<ApplyReport, ApplyError> {
         }
     });
     if let Some(store) = cx.store
-        && report.passes > 0
+        && (report.passes > 0 || report.reloads > 0)
     {
-        record_status(cx, store, &touched, &failed).await?;
+        record_status(cx, store, &touched, &failed, report.reloads > 0).await?;
     }
     Ok(report)
 }
@@ -205,19 +215,31 @@ async fn record_status(
     store: &Store,
     touched: &BTreeSet<String>,
     failed: &BTreeMap<String, String>,
+    reloaded: bool,
 ) -> Result<(), ApplyError> {
     let now = vsa_store::time::format(std::time::SystemTime::now());
+    // A site whose files are in place but which nginx never loaded is not
+    // converged: it failed with nginx's reason, until a reload takes.
+    let nginx_failure = failed.get("nginx").map(|e| format!("{NOT_LOADED}{e}"));
+    let mut touched = touched.clone();
+    if nginx_failure.is_none() && reloaded {
+        for s in store.resource_statuses(cx.host).await? {
+            if s.kind == "site" && s.status == "failed" && s.detail.starts_with(NOT_LOADED) {
+                touched.insert(s.name);
+            }
+        }
+    }
     let present: BTreeSet<&str> = cx
         .model
         .sites_for(cx.host)
         .map(|s| s.domain.as_str())
         .collect();
-    for name in touched {
+    for name in &touched {
         if !present.contains(name.as_str()) && !failed.contains_key(name) {
             store.clear_resource_status(cx.host, "site", name).await?;
             continue;
         }
-        let (status, detail) = match failed.get(name) {
+        let (status, detail) = match failed.get(name).or(nginx_failure.as_ref()) {
             Some(e) => ("failed", e.clone()),
             None => ("ok", String::new()),
         };
@@ -245,6 +267,9 @@ async fn record_status(
         .await?;
     Ok(())
 }
+
+/// How the status of a site nginx did not load begins.
+pub const NOT_LOADED: &str = "nginx did not load it: ";
 
 /// Changes grouped by resource name (a site's vhost, htpasswd and log go
 /// together), in plan order.
@@ -286,6 +311,10 @@ struct Writer<'a> {
     gid: Option<u32>,
     writes: usize,
     abort_after: Option<usize>,
+    /// The generation of this pass: every http-context content written
+    /// carries it, so that what is on disk differs from what nginx serves
+    /// until this pass's reload takes.
+    generation: String,
 }
 
 impl Writer<'_> {
@@ -311,6 +340,17 @@ impl Writer<'_> {
         }
     }
 
+    /// `content` of `file` as this pass writes it: the http-context file
+    /// with the pass's generation.
+    fn stamped(&self, file: &str, content: &str) -> String {
+        if file == vsa_core::render::HTTP_CONTEXT_FILE {
+            vsa_core::render::with_generation(content, &self.generation)
+                .unwrap_or_else(|| content.to_owned())
+        } else {
+            content.to_owned()
+        }
+    }
+
     /// Puts the desired state of one change in place.
     fn forward(&mut self, c: &Change) -> std::io::Result<String> {
         let file = c.file.as_deref().unwrap_or(&c.name);
@@ -321,10 +361,10 @@ impl Writer<'_> {
                 "created".to_owned()
             }
             (ResourceKind::Vhost | ResourceKind::Htpasswd, Action::Create | Action::Update) => {
-                let content = c.content.as_deref().unwrap_or("");
+                let content = self.stamped(file, c.content.as_deref().unwrap_or(""));
                 files::write_atomic(&dir, file, content.as_bytes(), self.mode(c.kind))?;
                 if c.kind == ResourceKind::Htpasswd {
-                    format!("{}; users: {}", verb(c.action), users(content))
+                    format!("{}; users: {}", verb(c.action), users(&content))
                 } else {
                     verb(c.action).to_owned()
                 }
@@ -358,7 +398,10 @@ impl Writer<'_> {
             _ => return Ok(()), // an empty log file harms nothing
         };
         match previous {
-            Some(p) => files::write_atomic(&dir, file, p.content.as_bytes(), self.mode(c.kind))?,
+            Some(p) => {
+                let content = self.stamped(file, &p.content);
+                files::write_atomic(&dir, file, content.as_bytes(), self.mode(c.kind))?
+            }
             None => {
                 files::remove_managed(&dir, file)?;
             }
@@ -381,7 +424,7 @@ fn users(content: &str) -> String {
     let names: Vec<&str> = content
         .lines()
         .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| l.split(':').next())
+        .filter_map(|l| l.split_once(':').map(|(user, _)| user))
         .collect();
     names.join(", ")
 }
@@ -409,6 +452,7 @@ async fn run_pass(
         gid,
         writes: report.writes,
         abort_after: cx.options.abort_after_writes,
+        generation: vsa_live::nginx::new_generation(),
     };
     let commit = cx.commit.clone();
     let all_groups = groups(plan);
@@ -458,6 +502,22 @@ async fn run_pass(
         })
         .filter(|(_, cs): &(String, Vec<&Change>)| !cs.is_empty())
         .collect();
+    // Before nginx's config changes on disk, the http-context file takes
+    // this pass's generation: from here until the reload takes, what is on
+    // disk is not what nginx serves, even if vsa is killed on the way.
+    if groups
+        .iter()
+        .any(|(_, cs)| cs.iter().any(|c| touches_config(c)))
+        && let Err(e) = vsa_live::nginx::stamp_generation(&cx.config.paths.vhosts, &w.generation)
+    {
+        let line = format!("cannot stamp the http-context file: {e}");
+        cx.audit.record(
+            commit.as_deref(),
+            NewEvent::new("nginx.reload", "nginx", Outcome::Error, &line),
+        )?;
+        failed.insert("nginx".into(), line);
+        return Ok(());
+    }
     // Groups whose config changes are on disk now.
     let mut applied: Vec<usize> = Vec::new();
     for (gi, (name, changes)) in groups.iter().enumerate() {
@@ -751,7 +811,22 @@ async fn owed_reload(
     failed: &mut BTreeMap<String, String>,
     report: &mut ApplyReport,
 ) -> Result<(), ApplyError> {
-    let why = "certificate renewed or container recreated".to_owned();
+    let why = "certificate renewed, container recreated or configuration not yet served".to_owned();
+    // A generation of its own, so that the probe tells this reload's
+    // configuration from the one before.
+    if let Err(e) = vsa_live::nginx::stamp_generation(
+        &cx.config.paths.vhosts,
+        &vsa_live::nginx::new_generation(),
+    ) {
+        let line = format!("cannot stamp the http-context file: {e}");
+        let commit = cx.commit.clone();
+        cx.audit.record(
+            commit.as_deref(),
+            NewEvent::new("nginx.reload", "nginx", Outcome::Error, &line),
+        )?;
+        failed.insert("nginx".into(), format!("reload failed: {line}"));
+        return Ok(());
+    }
     reload(cx, failed, report, why, true).await
 }
 
@@ -771,16 +846,24 @@ async fn reload(
     } else {
         Ok(())
     };
+    // Converged means served: the reload counts once nginx is seen
+    // serving the configuration on disk, by the generation it carries.
+    let vhosts = &cx.config.paths.vhosts;
+    let generation = vsa_live::nginx::generation_on_disk(vhosts);
     let result = match tested {
-        Ok(()) => cx.nginx.reload().await,
+        Ok(()) => cx.nginx.reload_and_confirm(generation.as_deref()).await,
         Err(e) => Err(e),
     };
     match result {
         Ok(()) => {
             report.reloads += 1;
+            let detail = match generation {
+                Some(g) => format!("{why}; nginx serves configuration {g}"),
+                None => why,
+            };
             cx.audit.record(
                 commit.as_deref(),
-                NewEvent::new("nginx.reload", "nginx", Outcome::Ok, why),
+                NewEvent::new("nginx.reload", "nginx", Outcome::Ok, detail),
             )?;
         }
         Err(e) => {
@@ -1055,6 +1138,15 @@ fn take_back_all(
         for c in groups[gi].1.iter().rev().filter(|c| touches_config(c)) {
             let _ = w.back(c, before);
         }
+    }
+    // Nothing of the pass stays, its generation neither: what is on disk is
+    // what nginx serves.
+    if let Some(g) = before
+        .vhosts
+        .get(vsa_core::render::HTTP_CONTEXT_FILE)
+        .and_then(|f| vsa_core::render::generation_of(&f.content))
+    {
+        let _ = vsa_live::nginx::stamp_generation(&cx.config.paths.vhosts, g);
     }
     let commit = cx.commit.clone();
     cx.audit.record(

@@ -57,6 +57,20 @@ pub async fn observe(
             .await
             .map_err(|e| e.to_string())
     };
+    // Converged means served: ask nginx which configuration it serves,
+    // once vsa stamped one on disk.
+    let stamped = observed
+        .vhosts
+        .get(vsa_core::render::HTTP_CONTEXT_FILE)
+        .is_some_and(|f| {
+            f.managed
+                && vsa_core::render::generation_of(&f.content)
+                    .is_some_and(|g| g != vsa_core::render::NO_GENERATION)
+        });
+    if stamped {
+        let nginx = vsa_live::nginx::NginxControl::from_config(config);
+        observed.nginx_served = Some(nginx.served_generation().await);
+    }
     match tokio::time::timeout(DOCKER_OBSERVE_TIMEOUT, engine).await {
         Ok(Ok(d)) => observed.docker = Some(d),
         Ok(Err(e)) => observed.docker_error = Some(e),

@@ -540,3 +540,78 @@ pub async fn watch_managed(
     }
     Ok(())
 }
+
+/// The address of container `name`: on `network` when it is attached
+/// there, else on any network it has an address on.
+pub async fn container_address(
+    docker: &Docker,
+    name: &str,
+    network: &str,
+) -> Result<std::net::IpAddr, String> {
+    let inspected = docker
+        .inspect_container(
+            name,
+            None::<bollard::query_parameters::InspectContainerOptions>,
+        )
+        .await
+        .map_err(|e| format!("cannot inspect {name}: {e}"))?;
+    let networks = inspected
+        .network_settings
+        .and_then(|n| n.networks)
+        .unwrap_or_default();
+    let ip = |n: &bollard::models::EndpointSettings| {
+        n.ip_address
+            .as_deref()
+            .and_then(|ip| ip.parse::<std::net::IpAddr>().ok())
+    };
+    networks
+        .get(network)
+        .and_then(ip)
+        .or_else(|| {
+            let mut all: Vec<_> = networks.iter().collect();
+            all.sort_by(|a, b| a.0.cmp(b.0));
+            all.into_iter().find_map(|(_, n)| ip(n))
+        })
+        .ok_or_else(|| format!("{name} has no address on any network (is it running?)"))
+}
+
+/// The host pid of container `name`'s first process.
+pub async fn container_pid(docker: &Docker, name: &str) -> Result<u32, String> {
+    let state = docker
+        .inspect_container(
+            name,
+            None::<bollard::query_parameters::InspectContainerOptions>,
+        )
+        .await
+        .map_err(|e| format!("cannot inspect {name}: {e}"))?
+        .state
+        .unwrap_or_default();
+    state
+        .pid
+        .and_then(|p| u32::try_from(p).ok())
+        .filter(|&p| p > 0)
+        .ok_or_else(|| format!("{name} is not running"))
+}
+
+/// What container `name` logged since `since` (seconds since the Unix
+/// epoch), stdout and stderr, each line with its RFC 3339 time.
+pub async fn logs_since(docker: &Docker, name: &str, since: i64) -> Result<Vec<String>, String> {
+    use futures_util::StreamExt;
+    let options = bollard::query_parameters::LogsOptionsBuilder::new()
+        .stdout(true)
+        .stderr(true)
+        .timestamps(true)
+        .since(i32::try_from(since).unwrap_or(i32::MAX))
+        .build();
+    let mut stream = docker.logs(name, Some(options));
+    let mut lines = Vec::new();
+    while let Some(item) = stream.next().await {
+        let out = item.map_err(|e| format!("cannot read the logs of {name}: {e}"))?;
+        let text = String::from_utf8_lossy(&out.into_bytes()).into_owned();
+        lines.extend(text.lines().map(str::to_owned));
+        if lines.len() > 10_000 {
+            break; // a chatty container; the reason is near the top
+        }
+    }
+    Ok(lines)
+}

@@ -48,6 +48,7 @@ pub fn observe(paths: &Paths) -> Result<Observed> {
         docker: None,
         docker_error: None,
         env_files: BTreeMap::new(),
+        nginx_served: None,
     })
 }
 
@@ -176,6 +177,40 @@ pub fn clean_temp_files(dir: &Path) -> io::Result<usize> {
         Some(d) => d.clean_temp_files(),
         None => Ok(0),
     }
+}
+
+/// Who runs this process, for the audit trail's `cli:<user>`: the real
+/// uid's name from `/etc/passwd` (never `$USER`, which anyone sets to
+/// anything, a newline included); as root under sudo, the user sudo names.
+/// Only `[A-Za-z0-9._@-]` is kept.
+pub fn acting_user() -> String {
+    let uid = rustix::process::getuid().as_raw();
+    let clean = |s: &str| -> Option<String> {
+        let s: String = s
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || "._@-".contains(*c))
+            .take(64)
+            .collect();
+        (!s.is_empty()).then_some(s)
+    };
+    if uid == 0
+        && let Some(user) = std::env::var("SUDO_USER").ok().as_deref().and_then(clean)
+    {
+        return user;
+    }
+    let name = std::fs::read_to_string("/etc/passwd")
+        .ok()
+        .and_then(|text| {
+            text.lines().find_map(|l| {
+                let mut parts = l.split(':');
+                let name = parts.next()?;
+                parts.next()?;
+                (parts.next()?.parse::<u32>().ok()? == uid).then(|| name.to_owned())
+            })
+        });
+    name.as_deref()
+        .and_then(clean)
+        .unwrap_or_else(|| format!("uid{uid}"))
 }
 
 /// The gid of a group, from `/etc/group`.

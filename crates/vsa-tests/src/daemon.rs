@@ -119,16 +119,24 @@ impl Vsad {
         self.get_json("/api/plan").expect("a plan")
     }
 
-    /// Waits until `domain` is served through the host's nginx and
-    /// `commit` is in force (`/api/status`).
+    /// Waits, as an operator watching `/api/status` would, until `commit`
+    /// is in force and the host in sync; then `domain` must be served at
+    /// once (converged means served: no retry).
     pub fn wait_served_at(&mut self, h: &Host, domain: &str, commit: &str, limit: Duration) {
-        self.wait(&format!("{domain} served"), limit, |_| {
-            http_get(h.http_port, domain, "/", &[]).status == 200
-        });
         self.wait(
-            &format!("commit {commit} in force"),
-            Duration::from_secs(5),
-            |d| d.status().is_some_and(|s| s["commit"] == commit),
+            &format!("commit {commit} in force and in sync"),
+            limit,
+            |d| {
+                d.status()
+                    .is_some_and(|s| s["commit"] == commit && s["in_sync"] == true)
+            },
+        );
+        let r = http_get(h.http_port, domain, "/", &[]);
+        assert_eq!(
+            r.status,
+            200,
+            "{domain} not served once in sync: {r:?}\n{}",
+            self.log()
         );
     }
 

@@ -69,8 +69,10 @@ impl Host {
             )
         };
         let https_port = free_port();
+        let probe_port = free_port();
         let nginx_yaml = format!(
-            "nginx:\n  http_port: {http_port}\n  https_port: {https_port}\n  ipv6: false\n  resolver: 127.0.0.1\n  group: {}\n  test: {}\n  reload: {}\n",
+            "nginx:\n  http_port: {http_port}\n  https_port: {https_port}\n  probe_port: {probe_port}\n  error_log: {}\n  ipv6: false\n  resolver: 127.0.0.1\n  group: {}\n  test: {}\n  reload: {}\n",
+            nginx.error_log_path().display(),
             current_group(),
             argv(nginx.test_argv()),
             argv(nginx.reload_argv()),
@@ -173,6 +175,13 @@ impl Host {
     pub fn start(&mut self) {
         self.nginx.start(self.http_port);
     }
+}
+
+/// A file's content without the generation vsa stamps on the http-context
+/// file at every reload, for comparing what a pass wrote.
+pub fn unstamped(content: &str) -> String {
+    vsa_core::render::with_generation(content, vsa_core::render::NO_GENERATION)
+        .unwrap_or_else(|| content.to_owned())
 }
 
 pub fn load_config(h: &Host) -> vsa_core::config::Config {

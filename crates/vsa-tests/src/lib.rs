@@ -187,7 +187,11 @@ impl Nginx {
     }
 
     pub fn error_log(&self) -> String {
-        std::fs::read_to_string(self.prefix.join("logs/error.log")).unwrap_or_default()
+        std::fs::read_to_string(self.error_log_path()).unwrap_or_default()
+    }
+
+    pub fn error_log_path(&self) -> PathBuf {
+        self.prefix.join("logs/error.log")
     }
 }
 

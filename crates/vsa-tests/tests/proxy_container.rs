@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use vsa_tests::docker::{BUSYBOX, ProxiedHost, docker, require_docker, unique};
 use vsa_tests::host::{audit_lines_in, vsactl_child_in, vsactl_in};
-use vsa_tests::{basic_auth, http_get_until};
+use vsa_tests::{basic_auth, http_get};
 
 fn site(repo: &Path, domain: &str, body: &str) {
     std::fs::write(
@@ -90,18 +90,25 @@ fn nginx_in_a_container_is_tested_and_reloaded_through_docker_exec() {
     docker(&["exec", &proxy, "nginx", "-t"]);
 
     // The good one is served by the app container, through the proxy's
-    // published port, behind basic auth (the htpasswd path as nginx sees it).
-    let r = http_get_until(port, "app.vsa.test", "/", &[], |r| r.status == 401);
+    // published port, behind basic auth (the htpasswd path as nginx sees
+    // it), right after the apply returned: the reload was confirmed through
+    // the probe at the container's address.
+    let r = http_get(port, "app.vsa.test", "/", &[]);
     assert_eq!(r.status, 401, "{r:?}");
     let auth = basic_auth("bob", "pw-123");
-    let r = http_get_until(
-        port,
-        "app.vsa.test",
-        "/",
-        &[("Authorization", &auth)],
-        |r| r.status == 200,
-    );
+    let r = http_get(port, "app.vsa.test", "/", &[("Authorization", &auth)]);
     assert_eq!((r.status, r.body.as_str()), (200, "hello-from-app\n"));
+    let reload = audit_lines_in(&root)
+        .into_iter()
+        .rfind(|e| e["action"] == "nginx.reload")
+        .unwrap();
+    assert!(
+        reload["detail"]
+            .as_str()
+            .unwrap()
+            .contains("nginx serves configuration"),
+        "{reload}"
+    );
     assert!(
         dirs[2].join("app.vsa.test.access.json").exists(),
         "nginx in the container writes the per-domain log into the mounted dir"

@@ -29,9 +29,7 @@ impl Env {
             vsa_root: std::env::var_os("VSA_ROOT")
                 .filter(|v| !v.is_empty())
                 .map(PathBuf::from),
-            user: ["SUDO_USER", "USER", "LOGNAME"]
-                .iter()
-                .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty())),
+            user: Some(vsa_live::files::acting_user()),
             abort_after_writes: std::env::var("VSA_TEST_ABORT_AFTER_WRITES")
                 .ok()
                 .and_then(|v| v.parse().ok()),

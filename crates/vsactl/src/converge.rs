@@ -137,9 +137,14 @@ fn steps(ctx: &Context, plan: &Plan) -> Vec<String> {
             _ => format!("write  {} (mode {mode})", path.display()),
         });
     }
-    if config_changes {
+    if config_changes || plan.reload.is_some() {
         out.push(format!("run    {}", ctx.config.nginx.test.join(" ")));
         out.push(format!("run    {}", ctx.config.nginx.reload.join(" ")));
+        out.push(format!(
+            "wait   until nginx serves the new configuration (vsa's probe on port {}, at most {} s)",
+            ctx.config.nginx.probe_port,
+            vsa_live::nginx::SERVE_TIMEOUT.as_secs()
+        ));
     }
     out
 }
@@ -178,7 +183,7 @@ pub fn apply(
         let observed = pipeline::observe_blocking(&ctx.config, &model, &host)?;
         let plan = pipeline::plan_with(&ctx.config, &model, &host, &observed, commit)?;
         print_plan(&plan, format)?;
-        if format == Format::Text && !plan.changes.is_empty() {
+        if format == Format::Text && (!plan.changes.is_empty() || plan.reload.is_some()) {
             println!("\nWould execute (dry run: nothing was written, reloaded or started):");
             for s in steps(&ctx, &plan) {
                 println!("  {s}");
@@ -197,7 +202,7 @@ pub fn apply(
     let _lock = vsa_engine::HostLock::acquire(&ctx.config.paths.state, lock_timeout)?;
     let observed = pipeline::observe_blocking(&ctx.config, &model, &host)?;
     let plan = pipeline::plan_with(&ctx.config, &model, &host, &observed, commit.clone())?;
-    if plan.changes.is_empty() {
+    if plan.changes.is_empty() && plan.reload.is_none() {
         print_plan(&plan, format)?;
         return Ok(if plan.conflicts.is_empty() {
             ExitCode::SUCCESS
@@ -206,7 +211,7 @@ pub fn apply(
         });
     }
     print_plan(&plan, format)?;
-    if !yes && !confirm(&host, plan.changes.len())? {
+    if !yes && !confirm(&host, plan.changes.len().max(1))? {
         eprintln!("Nothing applied.");
         return Ok(ExitCode::from(2));
     }
@@ -351,7 +356,14 @@ pub fn status(global: &crate::cli::Global, env: &Env, format: Format) -> Result<
             .collect();
         let conflict = plan.conflicts.iter().find(|c| c.name == site.domain);
         let rec = recorded.get(&site.domain);
-        let (status, detail) = if changes.is_empty() && conflict.is_none() {
+        let not_loaded = rec.filter(|r| {
+            plan.reload.is_some()
+                && r.status == "failed"
+                && r.detail.starts_with(vsa_engine::apply::NOT_LOADED)
+        });
+        let (status, detail) = if let Some(r) = not_loaded.filter(|_| conflict.is_none()) {
+            ("failed", r.detail.clone())
+        } else if changes.is_empty() && conflict.is_none() {
             ("in sync", String::new())
         } else if let Some(c) = conflict {
             ("failed", c.message.clone())

@@ -36,8 +36,14 @@ pub fn plan_text(plan: &Plan) -> String {
         plan.host,
         short(&plan.commit)
     );
-    if plan.changes.is_empty() && plan.conflicts.is_empty() {
+    if plan.in_sync() {
         let _ = writeln!(out, "{ADD}In sync:{ADD:#} nothing to change.");
+    }
+    if let Some(why) = &plan.reload {
+        let _ = writeln!(
+            out,
+            "  {CHANGE}~ reload nginx{CHANGE:#} {DIM}({why}){DIM:#}"
+        );
     }
     let width = plan
         .changes
@@ -132,7 +138,10 @@ pub fn plan_markdown(plan: &Plan) -> String {
         "### Host `{}`: {} to create, {} to update, {} to delete\n",
         plan.host, s.create, s.update, s.delete
     );
-    if plan.changes.is_empty() && plan.conflicts.is_empty() {
+    if let Some(why) = &plan.reload {
+        let _ = writeln!(out, "> **nginx must be reloaded**: {why}\n");
+    }
+    if plan.in_sync() {
         out.push_str("No changes: the host is in sync with this desired state.\n\n");
         return out;
     }

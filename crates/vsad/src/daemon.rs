@@ -313,6 +313,11 @@ impl Daemon {
         self.refused = None;
         {
             let mut v = self.shared.view();
+            if v.commit != d.commit {
+                // Nobody knows yet whether the host is in sync with it:
+                // the next reconcile tells.
+                v.in_sync = None;
+            }
             v.commit = d.commit.clone();
             v.metrics.commit = d.commit.clone();
             v.refused = None;
@@ -496,7 +501,11 @@ impl Daemon {
             .filter(|(_, b)| b.until > now)
             .map(|(n, _)| n.clone())
             .collect();
-        if plan.changes.iter().all(|c| hold.contains(&c.name)) {
+        // A reload owed (nginx does not serve what is on disk) is work too,
+        // unless nginx itself is backing off.
+        if plan.changes.iter().all(|c| hold.contains(&c.name))
+            && (plan.reload.is_none() || hold.contains("nginx"))
+        {
             return Ok(plan);
         }
         let _lock = lock(&self.config).await?;
