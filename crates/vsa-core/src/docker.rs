@@ -15,6 +15,8 @@ use crate::model::{Healthcheck, Service, Stack};
 
 pub const LABEL_MANAGED: &str = "vsa.managed";
 pub const LABEL_HOST: &str = "vsa.host";
+/// The id of the vsa instance that made the container (DESIGN §2).
+pub const LABEL_INSTANCE: &str = "vsa.instance";
 pub const LABEL_STACK: &str = "vsa.stack";
 pub const LABEL_SERVICE: &str = "vsa.service";
 pub const LABEL_HASH: &str = "vsa.spec-hash";
@@ -131,11 +133,12 @@ impl ContainerSpec {
 
     /// Every label the container carries: the manifest's, then vsa's and
     /// Compose's (which win).
-    pub fn all_labels(&self, host: &str) -> BTreeMap<String, String> {
+    pub fn all_labels(&self, host: &str, instance: &str) -> BTreeMap<String, String> {
         let mut l = self.labels.clone();
         for (k, v) in [
             (LABEL_MANAGED, "true".to_owned()),
             (LABEL_HOST, host.to_owned()),
+            (LABEL_INSTANCE, instance.to_owned()),
             (LABEL_STACK, self.stack.clone()),
             (LABEL_SERVICE, self.service.clone()),
             (LABEL_HASH, self.hash()),
@@ -164,6 +167,8 @@ pub struct ObservedContainer {
     pub managed: bool,
     /// The `vsa.host` label.
     pub host: Option<String>,
+    /// The `vsa.instance` label.
+    pub instance: Option<String>,
     pub running: bool,
     pub spec_hash: Option<String>,
     /// The `vsa.spec` label, pretty-printed for diffs.
@@ -172,11 +177,20 @@ pub struct ObservedContainer {
     pub image: String,
 }
 
-/// A digest of an env file's bytes, as the spec records it.
-pub fn env_digest(content: &[u8]) -> String {
-    let hex: String = Sha256::digest(content)
+/// A digest of an env file's bytes, as the spec records it: HMAC-SHA-256
+/// under this instance's key (`paths.state`), so that the `vsa.spec`
+/// label and the plans, which anyone with Docker access or the dashboard
+/// reads, never allow an offline guess of a secret's value.
+pub fn env_digest(key: &[u8], content: &[u8]) -> String {
+    use hmac::{KeyInit, Mac};
+    let mut mac =
+        hmac::Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes a key of any length");
+    mac.update(content);
+    let hex: String = mac
+        .finalize()
+        .into_bytes()
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
-    format!("sha256:{hex}")
+    format!("hmac-sha256:{hex}")
 }

@@ -50,6 +50,8 @@ pub struct Observed {
     /// configuration nginx serves, or why it did not answer. `None` when
     /// nobody asked (no stamped http-context file on disk, or no host).
     pub nginx_served: Option<Result<String, String>>,
+    /// This vsa's instance id (`vsa.instance`); `None` before it has one.
+    pub instance: Option<String>,
 }
 
 /// The kinds of resources of DESIGN §5 (contract).
@@ -459,6 +461,19 @@ fn docker_changes(
         file: None,
         content,
     };
+    // Ownership is per instance (DESIGN §2): only containers carrying this
+    // instance's id are ours to recreate or delete; those vsa made for this
+    // host before the label existed are adopted once, on purpose.
+    let instance = observed.instance.as_deref();
+    let ours = |c: &crate::docker::ObservedContainer| {
+        c.managed
+            && c.host.as_deref() == Some(host)
+            && instance.is_some()
+            && c.instance.as_deref() == instance
+    };
+    let legacy = |c: &crate::docker::ObservedContainer| {
+        c.managed && c.host.as_deref() == Some(host) && c.instance.is_none()
+    };
     let mut wanted_networks: BTreeSet<String> = BTreeSet::new();
     let mut desired: BTreeSet<String> = BTreeSet::new();
     for stack in model.stacks_for(host) {
@@ -525,6 +540,30 @@ fn docker_changes(
                         crate::docker::LABEL_MANAGED
                     ),
                 }),
+                Some(c) if legacy(c) => p.changes.push(change(
+                    ResourceKind::Container,
+                    &spec.name,
+                    Action::Update,
+                    format!(
+                        "made by vsa before containers carried {}: adopt (recreate as this instance's){shared}",
+                        crate::docker::LABEL_INSTANCE
+                    ),
+                    Some(text_diff(c.spec.as_deref().unwrap_or(""), &json)),
+                    Some(json),
+                )),
+                Some(c) if !ours(c) => p.conflicts.push(Conflict {
+                    kind: ResourceKind::Container,
+                    name: spec.name.clone(),
+                    file: spec.name.clone(),
+                    message: format!(
+                        "a container named {} belongs to another vsa ({}={}, {}={}); it is never touched: give one of the stacks another name",
+                        spec.name,
+                        crate::docker::LABEL_HOST,
+                        c.host.as_deref().unwrap_or("-"),
+                        crate::docker::LABEL_INSTANCE,
+                        c.instance.as_deref().unwrap_or("-"),
+                    ),
+                }),
                 Some(c) if c.spec_hash.as_deref() != Some(spec.hash().as_str()) => {
                     p.changes.push(change(
                         ResourceKind::Container,
@@ -560,13 +599,25 @@ fn docker_changes(
         }
     }
     for c in docker.containers.values() {
-        // Only this host's managed containers on its network: another
-        // agent's (or another test's) are not ours to remove.
-        if c.managed
-            && c.host.as_deref() == Some(host)
-            && c.networks.iter().any(|n| n == network)
-            && !desired.contains(&c.name)
-        {
+        // Only this instance's containers on its network: another agent's
+        // (or another test's) are not ours to remove.
+        if desired.contains(&c.name) || !c.networks.iter().any(|n| n == network) {
+            continue;
+        }
+        if legacy(c) {
+            p.conflicts.push(Conflict {
+                kind: ResourceKind::Container,
+                name: c.name.clone(),
+                file: c.name.clone(),
+                message: format!(
+                    "{} was made by vsa for this host before containers carried {}, and no stack here wants it: vsa cannot tell whether another vsa does, so it is left alone; remove it by hand if it is this one's",
+                    c.name,
+                    crate::docker::LABEL_INSTANCE
+                ),
+            });
+            continue;
+        }
+        if ours(c) {
             p.changes.push(change(
                 ResourceKind::Container,
                 &c.name,

@@ -135,6 +135,8 @@ struct VhostCtx<'a> {
     domain: &'a str,
     names: String,
     https: bool,
+    /// A `tls: acme` site with auth whose certificate is not there yet.
+    pending: bool,
     http_port: u16,
     https_port: u16,
     https_port_suffix: String,
@@ -242,6 +244,8 @@ impl Renderer {
     pub fn vhost(&self, site: &Site, cert_present: bool) -> Result<String, RenderError> {
         let s = &self.settings;
         let https = site.tls == Tls::Acme && cert_present;
+        // Basic auth over plain HTTP would send passwords in clear.
+        let pending = site.tls == Tls::Acme && !cert_present && site.auth.is_some();
         let (container, url) = match &site.upstream {
             Upstream::Container { name, port } => (Some(ContainerCtx { name, port: *port }), None),
             Upstream::Url(u) => (None, Some(u.url.as_str())),
@@ -250,6 +254,7 @@ impl Renderer {
             domain: &site.domain,
             names: site.names().collect::<Vec<_>>().join(" "),
             https,
+            pending,
             http_port: s.http_port,
             https_port: s.https_port,
             https_port_suffix: if s.https_port == 443 {
@@ -284,9 +289,9 @@ impl Renderer {
             .tera
             .render("vhost.conf", &ctx)
             .map_err(|e| RenderError::Template(format!("{e:?}")))?;
-        if !out.ends_with('\n') {
-            out.push('\n');
-        }
+        // One newline at the end, whichever branch the template took.
+        out.truncate(out.trim_end().len());
+        out.push('\n');
         Ok(out)
     }
 

@@ -405,6 +405,7 @@ fn containers_are_planned_by_spec_hash_and_a_shared_one_says_so() {
                     name: spec.name.clone(),
                     managed: true,
                     host: Some("vps-01".into()),
+                    instance: Some("a".repeat(32)),
                     running: true,
                     spec_hash: Some(spec.hash()),
                     spec: Some(spec.to_json()),
@@ -416,6 +417,7 @@ fn containers_are_planned_by_spec_hash_and_a_shared_one_says_so() {
         d
     };
     o.docker = Some(observed_for(&m));
+    o.instance = Some("a".repeat(32));
     let reordered = stack_model("{ B: \"2\", A: \"1\" }");
     assert_eq!(
         ContainerSpec::new(
@@ -468,4 +470,39 @@ fn containers_are_planned_by_spec_hash_and_a_shared_one_says_so() {
     let p = vsa_core::plan(&m, "vps-01", &o, &r, None).unwrap();
     assert!(p.conflicts.iter().any(|c| c.name == "shop-db"));
     assert!(!p.changes.iter().any(|c| c.name == "shop-db"));
+
+    // Another instance's container (same host id, same name): a conflict,
+    // never recreated; one it no longer wants is never deleted by us.
+    let mut d = observed_for(&m);
+    d.containers.get_mut("shop-db").unwrap().instance = Some("b".repeat(32));
+    let mut theirs = d.containers["shop-db"].clone();
+    theirs.name = "other-web".into();
+    d.containers.insert("other-web".into(), theirs);
+    o.docker = Some(d);
+    let p = vsa_core::plan(&changed, "vps-01", &o, &r, None).unwrap();
+    let conflict = p.conflicts.iter().find(|c| c.name == "shop-db").unwrap();
+    assert!(
+        conflict.message.contains("belongs to another vsa"),
+        "{conflict:?}"
+    );
+    assert!(
+        !p.changes
+            .iter()
+            .any(|c| c.name == "shop-db" || c.name == "other-web")
+    );
+
+    // One made before instance labels: adopted (recreated) once; one of
+    // those no stack wants is left alone and said so.
+    let mut d = observed_for(&m);
+    d.containers.get_mut("shop-db").unwrap().instance = None;
+    let mut old = d.containers["shop-db"].clone();
+    old.name = "gone-web".into();
+    d.containers.insert("gone-web".into(), old);
+    o.docker = Some(d);
+    let p = vsa_core::plan(&m, "vps-01", &o, &r, None).unwrap();
+    let adopt = p.changes.iter().find(|c| c.name == "shop-db").unwrap();
+    assert_eq!(adopt.action, Action::Update);
+    assert!(adopt.reason.contains("adopt"), "{}", adopt.reason);
+    assert!(!p.changes.iter().any(|c| c.name == "gone-web"));
+    assert!(p.conflicts.iter().any(|c| c.name == "gone-web"));
 }

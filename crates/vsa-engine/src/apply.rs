@@ -32,6 +32,8 @@ pub enum ApplyError {
     Store(#[from] vsa_store::StoreError),
     #[error(transparent)]
     Pipeline(#[from] crate::pipeline::PipelineError),
+    #[error("cannot read or make this vsa's instance id: {0}")]
+    Instance(std::io::Error),
     #[error(
         "nginx -t fails even with all of vsa's changes taken back, so they stay taken back and nothing was reloaded: {0}"
     )]
@@ -124,6 +126,9 @@ pub struct Ctx<'a> {
 /// an `Err` means the apply could not go on at all.
 pub async fn apply(cx: &mut Ctx<'_>) -> Result<ApplyReport, ApplyError> {
     let mut report = ApplyReport::default();
+    // Containers this apply creates carry the id; observation reads it.
+    let instance =
+        vsa_live::instance::ensure(&cx.config.paths.state).map_err(ApplyError::Instance)?;
     for dir in [&cx.config.paths.vhosts, &cx.config.paths.htpasswd] {
         // Leftovers of a killed apply; harmless (observation skips them) but untidy.
         let _ = files::clean_temp_files(dir);
@@ -170,7 +175,16 @@ pub async fn apply(cx: &mut Ctx<'_>) -> Result<ApplyReport, ApplyError> {
             last_fingerprint = Some(fingerprint);
             report.passes += 1;
             touched.extend(plan.changes.iter().map(|c| c.name.clone()));
-            run_pass(cx, &plan, &observed, &mut failed, &mut report, &mut acme).await?;
+            run_pass(
+                cx,
+                &plan,
+                &observed,
+                &instance,
+                &mut failed,
+                &mut report,
+                &mut acme,
+            )
+            .await?;
         }
         if report.reload_owed {
             // A renewal after the pass's reload, and no pass since, or a
@@ -442,6 +456,7 @@ async fn run_pass(
     cx: &mut Ctx<'_>,
     plan: &Plan,
     before: &Observed,
+    instance: &str,
     failed: &mut BTreeMap<String, String>,
     report: &mut ApplyReport,
     acme: &mut Option<AcmeClient>,
@@ -484,7 +499,9 @@ async fn run_pass(
         .iter()
         .filter(|c| matches!(c.kind, ResourceKind::Network | ResourceKind::Container))
         .collect();
-    if !docker_changes.is_empty() && docker_step(cx, &docker_changes, failed, report).await? {
+    if !docker_changes.is_empty()
+        && docker_step(cx, &docker_changes, instance, failed, report).await?
+    {
         // A recreated container a site points at has a new address: the
         // reload makes nginx look the name up again.
         report.reload_owed = true;
@@ -613,6 +630,7 @@ const HEALTH_TIMEOUT: Duration = Duration::from_secs(60);
 async fn docker_step(
     cx: &mut Ctx<'_>,
     changes: &[&Change],
+    instance: &str,
     failed: &mut BTreeMap<String, String>,
     report: &mut ApplyReport,
 ) -> Result<bool, ApplyError> {
@@ -705,10 +723,23 @@ async fn docker_step(
                 .await
                 .map(|()| ("network.create", "created".to_owned()))
                 .map_err(|e| e.to_string()),
-            (ResourceKind::Container, Action::Delete) => vsa_live::docker::remove(&docker, &c.name)
-                .await
-                .map(|()| ("container.delete", "removed (volumes kept)".to_owned()))
-                .map_err(|e| e.to_string()),
+            (ResourceKind::Container, Action::Delete) => {
+                // Exactly the container checked to be ours, by its id.
+                match vsa_live::docker::owner(&docker, &c.name, cx.host, instance).await {
+                    Ok(vsa_live::docker::Owner::Ours { id }) => {
+                        vsa_live::docker::remove(&docker, &id)
+                            .await
+                            .map(|()| ("container.delete", "removed (volumes kept)".to_owned()))
+                            .map_err(|e| e.to_string())
+                    }
+                    Ok(vsa_live::docker::Owner::Legacy { .. }) => Err(format!(
+                        "{} has no {} label: not deleted",
+                        c.name,
+                        vsa_core::docker::LABEL_INSTANCE
+                    )),
+                    Err(e) => Err(e),
+                }
+            }
             (ResourceKind::Container, action) => {
                 let spec: Option<ContainerSpec> = c
                     .content
@@ -725,8 +756,15 @@ async fn docker_step(
                                 .map(|()| ("container.start", "started".to_owned()))
                                 .map_err(|e| e.to_string())
                         } else {
-                            run_container(&docker, &spec, cx.host, action, cx.options.progress)
-                                .await
+                            run_container(
+                                &docker,
+                                &spec,
+                                cx.host,
+                                instance,
+                                action,
+                                cx.options.progress,
+                            )
+                            .await
                         };
                         match r {
                             Ok(ok) if spec.healthcheck.is_some() => {
@@ -743,7 +781,9 @@ async fn docker_step(
         };
         match result {
             Ok((action, detail)) => {
-                if action == "container.recreate" && fronted.contains(&c.name) {
+                if matches!(action, "container.recreate" | "container.adopt")
+                    && fronted.contains(&c.name)
+                {
                     recreated_fronted = true;
                 }
                 record(
@@ -776,6 +816,7 @@ async fn run_container(
     docker: &bollard::Docker,
     spec: &vsa_core::docker::ContainerSpec,
     host: &str,
+    instance: &str,
     action: Action,
     progress: bool,
 ) -> Result<(&'static str, String), String> {
@@ -790,18 +831,32 @@ async fn run_container(
     }
     env.extend(spec.environment.clone());
     let env: Vec<String> = env.into_iter().map(|(k, v)| format!("{k}={v}")).collect();
-    let verb = if action == Action::Create {
-        "container.create"
+    let (verb, adopted) = if action == Action::Create {
+        ("container.create", String::new())
     } else {
-        vsa_live::docker::remove(docker, &spec.name)
+        // Recreate exactly the container checked to be ours (by its id); a
+        // legacy one of this host is adopted, once, and said so.
+        let (verb, id, adopted) =
+            match vsa_live::docker::owner(docker, &spec.name, host, instance).await? {
+                vsa_live::docker::Owner::Ours { id } => ("container.recreate", id, String::new()),
+                vsa_live::docker::Owner::Legacy { id } => (
+                    "container.adopt",
+                    id,
+                    format!(
+                        "; adopted by instance {instance} (made before {} labels)",
+                        vsa_core::docker::LABEL_INSTANCE
+                    ),
+                ),
+            };
+        vsa_live::docker::remove(docker, &id)
             .await
             .map_err(|e| e.to_string())?;
-        "container.recreate"
+        (verb, adopted)
     };
-    vsa_live::docker::create_and_start(docker, spec, host, env)
+    vsa_live::docker::create_and_start(docker, spec, host, instance, env)
         .await
         .map_err(|e| e.to_string())?;
-    Ok((verb, format!("{} running", spec.image)))
+    Ok((verb, format!("{} running{adopted}", spec.image)))
 }
 
 /// Tests and reloads nginx for what changed outside its config since the
@@ -976,6 +1031,7 @@ async fn cert_step(
                     &cx.config.acme.directory,
                     cx.config.acme.ca_bundle.as_deref(),
                     &cx.config.paths.state,
+                    cx.model.fleet.acme_email.as_deref(),
                 )
                 .await?,
             );
@@ -986,6 +1042,18 @@ async fn cert_step(
             .await
     }
     .await;
+    // A new account, its contact and the terms agreed to: audited once.
+    if let Some(registered) = acme.as_mut().and_then(|a| a.registered.take()) {
+        cx.audit.record(
+            commit.as_deref(),
+            NewEvent::new(
+                "acme.account",
+                &cx.config.acme.directory,
+                Outcome::Ok,
+                registered,
+            ),
+        )?;
+    }
     let written = issued.map_err(|e| e.to_string()).and_then(|i| {
         let info = vsa_live::certs::parse(
             i.chain_pem.as_bytes(),

@@ -38,6 +38,7 @@ pub async fn observe(
     store: Option<&vsa_store::Store>,
 ) -> Result<Observed, PipelineError> {
     let mut observed = vsa_live::observe(&config.paths)?;
+    observed.instance = vsa_live::instance::read(&config.paths.state);
     if let Some(store) = store {
         observed.vsa_certs = store.issued_certs(host).await?;
     }
@@ -46,7 +47,8 @@ pub async fn observe(
         .flat_map(|s| s.services.values())
         .flat_map(|svc| svc.env_file.iter())
         .collect();
-    observed.env_files = vsa_live::docker::env_file_digests(env_paths);
+    let key = vsa_live::instance::env_key(&config.paths.state);
+    observed.env_files = vsa_live::docker::env_file_digests(env_paths, &key);
     let endpoint = config.docker.endpoint_url();
     // A wedged engine must not stall a diff or an apply of the files.
     let engine = async {

@@ -364,6 +364,56 @@ impl SafeDir {
     }
 }
 
+/// Reads the file at `path` (an operator's or a manifest's path, such as an
+/// env file) if it is a regular file of at most `limit` bytes: opened
+/// without following a final symlink and without blocking on a FIFO, and
+/// checked on the open descriptor. Anything else is an error saying what
+/// it is.
+pub fn read_regular(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
+    let fd = match rfs::open(
+        path,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC | OFlags::NOCTTY,
+        Mode::empty(),
+    ) {
+        Ok(fd) => fd,
+        Err(rustix::io::Errno::LOOP) => {
+            return Err(io::Error::other(format!(
+                "{} is a symbolic link; vsa reads only regular files here",
+                path.display()
+            )));
+        }
+        Err(e) => return Err(with_path(e.into(), path)),
+    };
+    let st = rfs::fstat(&fd).map_err(|e| with_path(e.into(), path))?;
+    let ft = FileType::from_raw_mode(st.st_mode);
+    if ft != FileType::RegularFile {
+        return Err(io::Error::other(format!(
+            "{} is {}, not a regular file",
+            path.display(),
+            describe(ft)
+        )));
+    }
+    let too_big = || {
+        io::Error::other(format!(
+            "{} is larger than {} KiB, vsa's limit for it",
+            path.display(),
+            limit / 1024
+        ))
+    };
+    if st.st_size as u64 > limit {
+        return Err(too_big());
+    }
+    let mut bytes = Vec::with_capacity(st.st_size as usize);
+    std::fs::File::from(fd)
+        .take(limit + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| with_path(e, path))?;
+    if bytes.len() as u64 > limit {
+        return Err(too_big());
+    }
+    Ok(bytes)
+}
+
 /// A single path component: what a writer may name inside its directory.
 fn component(name: &str) -> io::Result<CString> {
     if name.is_empty() || name == "." || name == ".." || name.contains('/') {

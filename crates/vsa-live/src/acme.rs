@@ -54,6 +54,9 @@ pub struct Issued {
 pub struct AcmeClient {
     account: Account,
     pub directory: String,
+    /// When `connect` registered a new account: with which contact and
+    /// whose terms (for the audit trail).
+    pub registered: Option<String>,
 }
 
 impl std::fmt::Debug for AcmeClient {
@@ -137,6 +140,7 @@ impl AcmeClient {
         directory: &str,
         ca_bundle: Option<&Path>,
         state_dir: &Path,
+        email: Option<&str>,
     ) -> Result<AcmeClient, AcmeError> {
         let builder = || -> Result<instant_acme::AccountBuilder, AcmeError> {
             match ca_bundle {
@@ -168,13 +172,18 @@ impl AcmeClient {
                 return Ok(AcmeClient {
                     account,
                     directory: directory.to_owned(),
+                    registered: None,
                 });
             }
         }
+        // The CA may write to the fleet's contact (acme.email in
+        // fleet.yaml) about expiring certificates and policy changes.
+        let contact = email.map(|e| format!("mailto:{e}"));
+        let contacts: Vec<&str> = contact.iter().map(String::as_str).collect();
         let (account, creds) = builder()?
             .create(
                 &NewAccount {
-                    contact: &[],
+                    contact: &contacts,
                     terms_of_service_agreed: true,
                     only_return_existing: false,
                 },
@@ -183,6 +192,10 @@ impl AcmeClient {
             )
             .await
             .map_err(dir_err)?;
+        let registered = Some(format!(
+            "registered an account at {directory} with contact {}, agreeing to the terms of service that directory publishes (RFC 8555 meta.termsOfService)",
+            email.unwrap_or("none (acme.email is not set in fleet.yaml)")
+        ));
         let json = serde_json::to_vec_pretty(&creds).unwrap_or_default();
         state
             .write_atomic(ACCOUNT_FILE, &json, FileMode::private())
@@ -190,6 +203,7 @@ impl AcmeClient {
         Ok(AcmeClient {
             account,
             directory: directory.to_owned(),
+            registered,
         })
     }
 

@@ -137,7 +137,9 @@ pub async fn exec(
 /// The networks and containers vsa looks at: every network's name, every
 /// container (running or not) with its vsa labels.
 pub async fn observe(docker: &Docker) -> Result<vsa_core::docker::ObservedDocker, DockerError> {
-    use vsa_core::docker::{LABEL_HASH, LABEL_HOST, LABEL_MANAGED, LABEL_SPEC, ObservedContainer};
+    use vsa_core::docker::{
+        LABEL_HASH, LABEL_HOST, LABEL_INSTANCE, LABEL_MANAGED, LABEL_SPEC, ObservedContainer,
+    };
     let err = |source| DockerError::Container {
         container: "(list)".into(),
         source,
@@ -188,6 +190,7 @@ pub async fn observe(docker: &Docker) -> Result<vsa_core::docker::ObservedDocker
                 name,
                 managed: labels.get(LABEL_MANAGED).map(String::as_str) == Some("true"),
                 host: labels.get(LABEL_HOST).cloned(),
+                instance: labels.get(LABEL_INSTANCE).cloned(),
                 running,
                 spec_hash: labels.get(LABEL_HASH).cloned(),
                 spec,
@@ -284,9 +287,15 @@ pub async fn ensure_image(docker: &Docker, image: &str, progress: bool) -> Resul
         })
 }
 
+/// The largest env file vsa reads (a `/dev/zero` or a log file named by
+/// mistake must not take the host's memory).
+pub const MAX_ENV_FILE: u64 = 1 << 20;
+
 /// `KEY=VALUE` lines of an env file (blank lines and `#` comments skipped).
 pub fn env_file_values(path: &std::path::Path) -> std::io::Result<Vec<(String, String)>> {
-    let text = std::fs::read_to_string(path)?;
+    let bytes = crate::safe_fs::read_regular(path, MAX_ENV_FILE)?;
+    let text = String::from_utf8(bytes)
+        .map_err(|_| std::io::Error::other(format!("{} is not UTF-8", path.display())))?;
     Ok(text
         .lines()
         .map(str::trim)
@@ -308,12 +317,13 @@ pub fn env_file_values(path: &std::path::Path) -> std::io::Result<Vec<(String, S
 /// The digests of the env files `paths` (what the spec hash includes).
 pub fn env_file_digests<'a>(
     paths: impl IntoIterator<Item = &'a String>,
+    key: &[u8],
 ) -> std::collections::BTreeMap<String, Result<String, String>> {
     paths
         .into_iter()
         .map(|p| {
-            let r = std::fs::read(p)
-                .map(|bytes| vsa_core::docker::env_digest(&bytes))
+            let r = crate::safe_fs::read_regular(std::path::Path::new(p), MAX_ENV_FILE)
+                .map(|bytes| vsa_core::docker::env_digest(key, &bytes))
                 .map_err(|e| e.to_string());
             (p.clone(), r)
         })
@@ -369,6 +379,7 @@ pub async fn create_and_start(
     docker: &Docker,
     spec: &vsa_core::docker::ContainerSpec,
     host: &str,
+    instance: &str,
     env: Vec<String>,
 ) -> Result<(), DockerError> {
     let err = |source| DockerError::Container {
@@ -380,7 +391,7 @@ pub async fn create_and_start(
         image: Some(spec.image.clone()),
         cmd: spec.command.clone(),
         env: Some(env),
-        labels: Some(spec.all_labels(host).into_iter().collect()),
+        labels: Some(spec.all_labels(host, instance).into_iter().collect()),
         healthcheck: spec
             .healthcheck
             .as_ref()
@@ -437,6 +448,51 @@ pub async fn start(docker: &Docker, name: &str) -> Result<(), DockerError> {
             container: name.to_owned(),
             source,
         })
+}
+
+/// Whose a container is, looked at right before vsa changes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Owner {
+    /// This instance's: managed, this host, this instance id.
+    Ours { id: String },
+    /// Made by vsa for this host before containers carried `vsa.instance`:
+    /// this instance adopts it (once, audited) by recreating it.
+    Legacy { id: String },
+}
+
+/// Checks, right before a recreate or delete, that container `name` is
+/// this instance's (or a legacy one of this host), and returns its id, so
+/// that the change goes to exactly the container checked. Anything else is
+/// an error that names whose it is.
+pub async fn owner(
+    docker: &Docker,
+    name: &str,
+    host: &str,
+    instance: &str,
+) -> Result<Owner, String> {
+    use vsa_core::docker::{LABEL_HOST, LABEL_INSTANCE, LABEL_MANAGED};
+    let c = docker
+        .inspect_container(
+            name,
+            None::<bollard::query_parameters::InspectContainerOptions>,
+        )
+        .await
+        .map_err(|e| format!("cannot inspect {name}: {e}"))?;
+    let id = c.id.clone().unwrap_or_else(|| name.to_owned());
+    let labels = c.config.and_then(|c| c.labels).unwrap_or_default();
+    let label = |k: &str| labels.get(k).map(String::as_str);
+    if label(LABEL_MANAGED) != Some("true") {
+        return Err(format!("{name} is not managed by vsa; left alone"));
+    }
+    match (label(LABEL_HOST), label(LABEL_INSTANCE)) {
+        (Some(h), Some(i)) if h == host && i == instance => Ok(Owner::Ours { id }),
+        (Some(h), None) if h == host => Ok(Owner::Legacy { id }),
+        (h, i) => Err(format!(
+            "{name} belongs to another vsa (vsa.host={}, vsa.instance={}); left alone",
+            h.unwrap_or("-"),
+            i.unwrap_or("-")
+        )),
+    }
 }
 
 /// Stops and removes a container; its volumes stay.

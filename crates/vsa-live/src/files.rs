@@ -49,6 +49,7 @@ pub fn observe(paths: &Paths) -> Result<Observed> {
         docker_error: None,
         env_files: BTreeMap::new(),
         nginx_served: None,
+        instance: None,
     })
 }
 

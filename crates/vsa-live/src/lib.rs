@@ -10,6 +10,7 @@ pub mod config_file;
 pub mod docker;
 pub mod files;
 pub mod git;
+pub mod instance;
 mod known_hosts;
 pub mod nginx;
 pub mod repo;

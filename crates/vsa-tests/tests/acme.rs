@@ -348,3 +348,94 @@ fn a_valid_certbot_certificate_is_adopted_without_an_order() {
     assert!(live.join("fullchain.pem").exists());
     let _ = &mut h;
 }
+
+#[test]
+fn a_site_with_auth_asks_no_password_over_plain_http_until_its_certificate_exists() {
+    let Some((mut h, pebble, https_port)) = host_with_pebble("") else {
+        return;
+    };
+    let up = Upstream::start("app");
+    let hash = bcrypt::hash("pw-5", 4).unwrap();
+    for domain in ["locked.vsa.test", "late.vsa.test"] {
+        std::fs::write(
+            h.repo.join("sites").join(format!("{domain}.yaml")),
+            format!(
+                "apiVersion: vsa/v1\nkind: Site\nhost: test-01\ndomain: {domain}\ntls: acme\nupstream: {{ url: \"http://127.0.0.1:{}\" }}\nauth:\n  users:\n    - name: bob\n      bcrypt: \"{hash}\"\n",
+                up.port
+            ),
+        )
+        .unwrap();
+    }
+    std::fs::write(
+        h.repo.join("fleet.yaml"),
+        "apiVersion: vsa/v1\nkind: Fleet\nacme:\n  email: ops@vsa.test\nhosts:\n  - id: test-01\n",
+    )
+    .unwrap();
+    // DNS for `late` is not pointed yet: its order fails.
+    pebble.servfail("late.vsa.test");
+    h.start();
+    let out = h.vsactl_child(&["apply", "--yes"], &[]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Without a certificate: no password prompt and no proxying on port
+    // 80, only the challenge location and a plain 503.
+    let auth = vsa_tests::basic_auth("bob", "pw-5");
+    for headers in [vec![], vec![("Authorization", auth.as_str())]] {
+        let r = vsa_tests::http_get(h.http_port, "late.vsa.test", "/", &headers);
+        assert_eq!(r.status, 503, "{r:?}");
+        assert_eq!(r.body, "certificate pending\n");
+        assert!(r.header("www-authenticate").is_none(), "{r:?}");
+    }
+    let r = vsa_tests::http_get(
+        h.http_port,
+        "late.vsa.test",
+        "/.well-known/acme-challenge/none",
+        &[],
+    );
+    assert_eq!(r.status, 404, "the challenge location is served: {r:?}");
+
+    // With one: port 80 only redirects, and the password goes over TLS.
+    let r = vsa_tests::http_get(
+        h.http_port,
+        "locked.vsa.test",
+        "/x",
+        &[("Authorization", &auth)],
+    );
+    assert_eq!(r.status, 301, "{r:?}");
+    assert!(r.header("www-authenticate").is_none());
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-u",
+            "bob:pw-5",
+        ])
+        .arg("--cacert")
+        .arg(&pebble.issuing_root)
+        .arg("--resolve")
+        .arg(format!("locked.vsa.test:{https_port}:127.0.0.1"))
+        .arg(format!("https://locked.vsa.test:{https_port}/"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "200");
+
+    // The account was registered with the fleet's contact, and audited.
+    let account = h
+        .audit_lines()
+        .into_iter()
+        .find(|e| e["action"] == "acme.account")
+        .expect("an acme.account event");
+    let detail = account["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("ops@vsa.test") && detail.contains("terms of service"),
+        "{account}"
+    );
+}

@@ -3,7 +3,7 @@
 //! reload through `docker exec`).
 
 use std::path::Path;
-use std::process::ExitCode;
+use std::process::{Command, ExitCode};
 
 use vsa_tests::docker::{BUSYBOX, ProxiedHost, docker, docker_output, require_docker, unique};
 use vsa_tests::host::{audit_lines_in, vsactl_child_in, vsactl_in};
@@ -308,5 +308,251 @@ fn a_missing_image_fails_its_stack_alone_and_a_missing_env_file_blocks_it() {
         !docker_output(&["inspect", &format!("{bad}-web")])
             .status
             .success()
+    );
+}
+
+/// A stack of one busybox service `web` sleeping (and stopping at once on
+/// SIGTERM), named `name`.
+fn sleeper(name: &str, seconds: u32) -> String {
+    format!(
+        "apiVersion: vsa/v1\nkind: Stack\nname: {name}\nhost: test-01\nservices:\n  web:\n    image: {BUSYBOX}\n    command: [\"sh\", \"-c\", \"trap 'exit 0' TERM; sleep {seconds} & wait\"]\n"
+    )
+}
+
+/// A vsa instance of host `test-01` on the shared network `net`: its own
+/// state dir (so its own instance id) and repository.
+struct Instance {
+    _dir: tempfile::TempDir,
+    root: std::path::PathBuf,
+    repo: std::path::PathBuf,
+    config: std::path::PathBuf,
+}
+
+impl Instance {
+    fn new(net: &str) -> Instance {
+        let (dir, root, repo) = vsa_tests::test_repo();
+        std::fs::create_dir_all(repo.join("stacks")).unwrap();
+        let config = root.join("vsa.yaml");
+        std::fs::write(
+            &config,
+            format!("host: test-01\nrepo: {{ path: repo }}\ndocker:\n  network: {net}\n"),
+        )
+        .unwrap();
+        Instance {
+            _dir: dir,
+            root,
+            repo,
+            config,
+        }
+    }
+
+    fn stack(&self, name: &str, seconds: u32) {
+        std::fs::write(
+            self.repo.join(format!("stacks/{name}.yaml")),
+            sleeper(name, seconds),
+        )
+        .unwrap();
+    }
+
+    fn apply(&self) -> std::process::Output {
+        vsactl_child_in(&self.root, &self.config, &["apply", "--yes"], &[])
+    }
+}
+
+#[test]
+fn two_instances_on_one_engine_never_take_each_others_containers() {
+    if !require_docker() {
+        return;
+    }
+    let mut cleanup = vsa_tests::docker::Cleanup::default();
+    let net = unique("net");
+    cleanup.create_network(&net);
+    let (alpha, beta, old) = (unique("alpha"), unique("beta"), unique("old"));
+    for s in [&alpha, &beta, &old] {
+        cleanup.container(&format!("{s}-web"));
+    }
+    // A container an earlier vsa made for this host, without vsa.instance.
+    let old_web = format!("{old}-web");
+    cleanup.run(
+        &old_web,
+        &[
+            "--network",
+            &net,
+            "--label",
+            "vsa.managed=true",
+            "--label",
+            "vsa.host=test-01",
+            BUSYBOX,
+            "sh",
+            "-c",
+            "trap 'exit 0' TERM; sleep 600 & wait",
+        ],
+    );
+    let old_id = docker(&["inspect", "--format", "{{.Id}}", &old_web]);
+
+    // Two vsa with the same host id on one engine.
+    let a = Instance::new(&net);
+    a.stack(&alpha, 600);
+    a.stack(&old, 600);
+    let b = Instance::new(&net);
+    b.stack(&beta, 600);
+    b.stack(&alpha, 700); // the same name, another spec
+
+    let out = a.apply();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let label = |c: &str| {
+        docker(&[
+            "inspect",
+            "--format",
+            "{{index .Config.Labels \"vsa.instance\"}}",
+            c,
+        ])
+    };
+    let a_id = std::fs::read_to_string(a.root.join("var/lib/vsa/instance.id"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    assert_eq!(label(&format!("{alpha}-web")), a_id);
+    // The old container was adopted once, on purpose, and said so.
+    assert_eq!(label(&old_web), a_id);
+    assert_ne!(
+        docker(&["inspect", "--format", "{{.Id}}", &old_web]),
+        old_id
+    );
+    let adopted: Vec<_> = audit_lines_in(&a.root)
+        .into_iter()
+        .filter(|e| e["action"] == "container.adopt")
+        .collect();
+    assert_eq!(adopted.len(), 1, "{adopted:?}");
+    assert_eq!(adopted[0]["target"], old_web.as_str());
+
+    // B makes its own, never deletes A's (it wants neither old nor A's
+    // alpha), and reports A's alpha-web as a conflict instead of recreating it.
+    let alpha_id = docker(&["inspect", "--format", "{{.Id}}", &format!("{alpha}-web")]);
+    let out = b.apply();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("belongs to another vsa"), "{err}");
+    let b_id = std::fs::read_to_string(b.root.join("var/lib/vsa/instance.id"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    assert_ne!(a_id, b_id);
+    assert_eq!(label(&format!("{beta}-web")), b_id);
+    assert_eq!(
+        docker(&["inspect", "--format", "{{.Id}}", &format!("{alpha}-web")]),
+        alpha_id
+    );
+    assert_eq!(label(&old_web), a_id);
+
+    // And A, again, leaves B's beta-web alone: nothing to do at all.
+    let events = audit_lines_in(&a.root).len();
+    let out = a.apply();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(audit_lines_in(&a.root).len(), events);
+    assert_eq!(label(&format!("{beta}-web")), b_id);
+}
+
+#[test]
+fn env_files_are_read_bounded_and_their_digests_reveal_nothing() {
+    if !require_docker() {
+        return;
+    }
+    let mut cleanup = vsa_tests::docker::Cleanup::default();
+    let net = unique("net");
+    cleanup.create_network(&net);
+    let i = Instance::new(&net);
+    let fifo = i.root.join("env.fifo");
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let big = i.root.join("big.env");
+    std::fs::write(&big, vec![b'#'; 2 << 20]).unwrap();
+    let link = i.root.join("link.env");
+    std::os::unix::fs::symlink("/etc/passwd", &link).unwrap();
+    let good = i.root.join("good.env");
+    std::fs::write(&good, "TOKEN=1234\n").unwrap();
+    let stacks: Vec<(String, &std::path::Path, &str)> = vec![
+        (
+            unique("zero"),
+            std::path::Path::new("/dev/zero"),
+            "a character device",
+        ),
+        (unique("fifo"), &fifo, "a FIFO"),
+        (unique("big"), &big, "larger than"),
+        (unique("link"), &link, "symbolic link"),
+    ];
+    for (name, path, _) in &stacks {
+        std::fs::write(
+            i.repo.join(format!("stacks/{name}.yaml")),
+            format!(
+                "apiVersion: vsa/v1\nkind: Stack\nname: {name}\nhost: test-01\nservices:\n  web:\n    image: {BUSYBOX}\n    env_file: {}\n",
+                path.display()
+            ),
+        )
+        .unwrap();
+    }
+    let ok = unique("ok");
+    cleanup.container(&format!("{ok}-web"));
+    std::fs::write(
+        i.repo.join(format!("stacks/{ok}.yaml")),
+        format!(
+            "apiVersion: vsa/v1\nkind: Stack\nname: {ok}\nhost: test-01\nservices:\n  web:\n    image: {BUSYBOX}\n    command: [\"sh\", \"-c\", \"trap 'exit 0' TERM; sleep 600 & wait\"]\n    env_file: {}\n",
+            good.display()
+        ),
+    )
+    .unwrap();
+
+    // Each bad one blocks its stack with the reason and the path, at once
+    // (no hang on the FIFO, no gigabytes from /dev/zero); the good one runs.
+    let out = i.apply();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for (name, path, why) in &stacks {
+        let line = err
+            .lines()
+            .find(|l| l.contains(name.as_str()) && l.contains("blocked"))
+            .unwrap_or_else(|| panic!("{name} not blocked: {err}"));
+        assert!(
+            line.contains(&path.display().to_string()) && line.contains(why),
+            "{line}"
+        );
+    }
+    // The digest in the label is keyed: not the plain SHA-256 of the secret.
+    let spec = docker(&[
+        "inspect",
+        "--format",
+        "{{index .Config.Labels \"vsa.spec\"}}",
+        &format!("{ok}-web"),
+    ]);
+    assert!(spec.contains("hmac-sha256:"), "{spec}");
+    let plain = Command::new("sha256sum").arg(&good).output().unwrap();
+    let plain = String::from_utf8_lossy(&plain.stdout);
+    let plain = plain.split_whitespace().next().unwrap();
+    assert!(!spec.contains(plain), "{spec}");
+    // And planning again sees it in sync (same key).
+    let out = vsactl_child_in(&i.root, &i.config, &["diff", "--format", "json"], &[]);
+    let plan = vsa_tests::host::child_json(&out.stdout);
+    assert!(
+        !plan["changes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["name"] == format!("{ok}-web")),
+        "{plan}"
     );
 }
