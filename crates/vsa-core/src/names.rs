@@ -204,7 +204,13 @@ pub fn upstream_url(url: &str) -> Result<UpstreamUrl, String> {
         let simple = host.bytes().all(|b| {
             b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.' || b == b'_'
         });
-        if !is_ipv4 && (!simple || host.starts_with('-') || host.starts_with('.')) {
+        if !is_ipv4
+            && (!simple
+                || host.starts_with('-')
+                || host.starts_with('.')
+                || host.ends_with('.')
+                || host.contains(".."))
+        {
             return Err(format!(
                 "host `{host}` is not a lower-case host name or an IPv4 address"
             ));
@@ -334,7 +340,44 @@ pub fn size(s: &str) -> Verdict {
             s.escape_debug()
         ));
     }
+    let unit: u64 = match s.as_bytes()[s.len() - 1] {
+        b'k' | b'K' => 1 << 10,
+        b'm' | b'M' => 1 << 20,
+        b'g' | b'G' => 1 << 30,
+        _ => 1,
+    };
+    let bytes = digits
+        .parse::<u64>()
+        .unwrap_or(u64::MAX)
+        .saturating_mul(unit);
+    if bytes == 0 {
+        return Err(
+            "is no limit at all (nginx reads 0 as unlimited); give a size such as `50m`".into(),
+        );
+    }
+    if bytes > MAX_SIZE {
+        return Err(format!(
+            "is over {}g, more than any request through a proxy should carry",
+            MAX_SIZE >> 30
+        ));
+    }
     Ok(())
+}
+
+/// The largest `max_body` vsa accepts.
+pub const MAX_SIZE: u64 = 10 << 30;
+
+/// An environment variable name: `[A-Za-z_][A-Za-z0-9_]*`.
+pub fn env_name(s: &str) -> Verdict {
+    let mut b = s.bytes();
+    let first_ok = b
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == b'_');
+    if first_ok && b.all(|c| c.is_ascii_alphanumeric() || c == b'_') {
+        Ok(())
+    } else {
+        Err(format!("`{}` is not a variable name", s.escape_debug()))
+    }
 }
 
 /// A Docker image reference: `[registry[:port]/]name[:tag][@sha256:digest]`.

@@ -381,6 +381,17 @@ fn validate_site(
             Tls::Acme
         }
     };
+    // Let's Encrypt puts at most 100 names on one certificate.
+    if tls == Tls::Acme && 1 + s.aliases.len() > MAX_ACME_NAMES {
+        cx.err(
+            file,
+            s.aliases.get(MAX_ACME_NAMES - 1).map_or(s.domain.pos, |a| a.pos),
+            format!(
+                "a `tls: acme` site may have at most {MAX_ACME_NAMES} names (domain and aliases), the CA's limit; this one has {}: split it into several sites",
+                1 + s.aliases.len()
+            ),
+        );
+    }
 
     let auth = s.auth.as_ref().map(|a| {
         let realm = match &a.realm {
@@ -614,7 +625,18 @@ fn validate_stack(
             }
         }
         for n in &svc.networks {
-            cx.check(file, n, "network", names::container_name);
+            if cx.check(file, n, "network", names::container_name)
+                && matches!(n.value.as_str(), "host" | "none")
+            {
+                cx.err(
+                    file,
+                    n.pos,
+                    format!(
+                        "network `{}` would take the container off the shared network (and `host` into the host's own); vsa runs containers on docker.network and the networks named here",
+                        n.value
+                    ),
+                );
+            }
         }
         let env_file = svc
             .env_file
@@ -660,6 +682,25 @@ fn validate_stack(
                 file,
                 pos,
                 format!("environment entry `{}` has no name", bad.escape_debug()),
+            );
+        }
+        let keys: Vec<String> = match &svc.environment {
+            Some(KeyValues::Map(m)) => m.keys().cloned().collect(),
+            Some(KeyValues::List(l)) => l
+                .iter()
+                .filter_map(|kv| kv.split('=').next().filter(|k| !k.is_empty()))
+                .map(str::to_owned)
+                .collect(),
+            None => Vec::new(),
+        };
+        for k in keys.iter().filter(|k| names::env_name(k).is_err()) {
+            cx.err(
+                file,
+                pos,
+                format!(
+                    "environment name `{}` is not a variable name ([A-Za-z_][A-Za-z0-9_]*)",
+                    k.escape_debug()
+                ),
             );
         }
         services.insert(
@@ -743,6 +784,9 @@ fn dependency_cycle(services: &BTreeMap<String, Service>) -> Option<Vec<String>>
     None
 }
 
+/// Let's Encrypt's limit of names on one certificate.
+pub const MAX_ACME_NAMES: usize = 100;
+
 fn check_volume(file: &str, v: &Sp<String>, cx: &mut Ctx) {
     let parts: Vec<&str> = v.value.split(':').collect();
     let ok = match parts.as_slice() {
@@ -761,6 +805,21 @@ fn check_volume(file: &str, v: &Sp<String>, cx: &mut Ctx) {
         }
         _ => false,
     };
+    let climbs = parts
+        .iter()
+        .take(2)
+        .any(|p| p.split('/').any(|c| c == ".."));
+    if climbs {
+        cx.err(
+            file,
+            v.pos,
+            format!(
+                "volume `{}` has a `..` component: give the path as it is",
+                v.value.escape_debug()
+            ),
+        );
+        return;
+    }
     if !ok || v.value.chars().any(|c| c.is_control()) {
         cx.err(
             file,

@@ -1346,6 +1346,18 @@ fn rate_limit_and_tls() {
         ),
         ("tls: ACME\n", "sites/a.yaml:6:6: tls `ACME` is not one of"),
         ("tls: \"\"\n", "sites/a.yaml:6:6: tls `` is not one of"),
+        (
+            "max_body: 0\n",
+            "sites/a.yaml:6:11: max_body `0` is no limit at all (nginx reads 0 as unlimited)",
+        ),
+        (
+            "max_body: 0m\n",
+            "sites/a.yaml:6:11: max_body `0m` is no limit at all",
+        ),
+        (
+            "max_body: 999999999g\n",
+            "sites/a.yaml:6:11: max_body `999999999g` is over 10g",
+        ),
     ];
     for (extra, want) in rows {
         check(&[FLEET, ("sites/a.yaml", &site_plus(extra))], &[want]);
@@ -1356,9 +1368,34 @@ fn rate_limit_and_tls() {
         "rate_limit: { rps: 10, burst: 0 }\n",
         "tls: acme\n",
         "tls: none\n",
+        "max_body: 1\n",
+        "max_body: 10g\n",
     ] {
         check(&[FLEET, ("sites/a.yaml", &site_plus(extra))], &[]);
     }
+    // At most 100 names (domain and aliases) on a `tls: acme` site, the
+    // CA's limit; a `tls: none` site may have more.
+    let aliases = |n: usize| -> String {
+        let list: Vec<String> = (0..n).map(|i| format!("n{i}.example.com")).collect();
+        format!("aliases: [{}]\n", list.join(", "))
+    };
+    check(&[FLEET, ("sites/a.yaml", &site_plus(&aliases(99)))], &[]);
+    check(
+        &[FLEET, ("sites/a.yaml", &site_plus(&aliases(100)))],
+        &[
+            "sites/a.yaml:6:1684: a `tls: acme` site may have at most 100 names (domain and aliases), the CA's limit; this one has 101",
+        ],
+    );
+    check(
+        &[
+            FLEET,
+            (
+                "sites/a.yaml",
+                &site_plus(&format!("tls: none\n{}", aliases(150))),
+            ),
+        ],
+        &[],
+    );
 }
 
 // ---------------------------------------------------------------- stacks
@@ -1665,6 +1702,34 @@ fn service_fields() {
         (
             "    environment: [\"=x\"]\n",
             "stacks/s.yaml:7:5: environment entry `=x` has no name",
+        ),
+        (
+            "    environment: [\"A=B=C\", \"1X=2\"]\n",
+            "stacks/s.yaml:7:5: environment name `1X` is not a variable name",
+        ),
+        (
+            "    environment: { \"A=B\": x }\n",
+            "stacks/s.yaml:7:5: environment name `A=B` is not a variable name",
+        ),
+        (
+            "    environment: { \"A\\nB\": x }\n",
+            "stacks/s.yaml:7:5: environment name `A\\nB` is not a variable name",
+        ),
+        (
+            "    networks: [host]\n",
+            "stacks/s.yaml:8:16: network `host` would take the container off the shared network",
+        ),
+        (
+            "    networks: [none]\n",
+            "stacks/s.yaml:8:16: network `none` would take the container off",
+        ),
+        (
+            "    volumes: [\"/srv/acme/../../etc:/data\"]\n",
+            "stacks/s.yaml:8:15: volume `/srv/acme/../../etc:/data` has a `..` component",
+        ),
+        (
+            "    volumes: [\"/srv:/data/../etc\"]\n",
+            "stacks/s.yaml:8:15: volume `/srv:/data/../etc` has a `..` component",
         ),
     ];
     for (field, want) in rows {

@@ -94,10 +94,43 @@ fn read_one(
         .unwrap_or(path)
         .to_string_lossy()
         .into_owned();
-    let f = std::fs::File::open(path).map_err(|source| RepoError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
+    // A link may point within the repository (it is read as its target),
+    // never outside it, and a link to nothing is that file's problem only.
+    // What is not a regular file (a FIFO would block) is refused unread.
+    let refuse = |problems: &mut Vec<Problem>, why: String| {
+        problems.push(Problem::error(&rel, Pos::new(1, 1), why));
+        Ok(())
+    };
+    let real = match std::fs::canonicalize(path) {
+        Ok(p) => p,
+        Err(e) => {
+            return refuse(
+                problems,
+                format!("cannot be read: {e} (a symbolic link that points nowhere?)"),
+            );
+        }
+    };
+    let root_real = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_owned());
+    if !real.starts_with(&root_real) {
+        return refuse(
+            problems,
+            "is a symbolic link to a file outside the repository: refused (the repository must hold everything it describes)".into(),
+        );
+    }
+    match std::fs::metadata(&real) {
+        Ok(m) if m.is_file() => {}
+        Ok(_) => return refuse(problems, "is not a regular file: refused unread".into()),
+        Err(e) => return refuse(problems, format!("cannot be read: {e}")),
+    }
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        .open(&real)
+        .map_err(|source| RepoError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
     // Read one byte past the limit: enough for the loader to refuse it.
     let mut bytes = Vec::new();
     f.take(vsa_core::load::MAX_FILE_BYTES as u64 + 1)

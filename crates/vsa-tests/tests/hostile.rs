@@ -358,3 +358,70 @@ fn the_audit_actor_cannot_be_forged_through_the_environment() {
     assert_eq!(rows, events.len(), "{text}");
     assert!(!text.contains("\n2026-12-01"), "{text}");
 }
+
+#[test]
+fn links_fifos_and_directories_in_the_way_are_one_problem_each() {
+    let Some(bin) = nginx() else { return };
+    let up = Upstream::start("app");
+    let mut h = Host::new(bin);
+    h.url_site("ok.vsa.test", &up);
+    h.url_site("dir.vsa.test", &up);
+    h.start();
+    let sites = h.repo.join("sites");
+    // In the repository: a link to nothing, a link out of it, a FIFO.
+    symlink(sites.join("nowhere.yaml"), sites.join("dangling.yaml")).unwrap();
+    let outside = Decoy::new(&h.path(""), "outside.yaml");
+    symlink(&outside.path, sites.join("out.yaml")).unwrap();
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(sites.join("fifo.yaml"))
+            .status()
+            .unwrap()
+            .success()
+    );
+    let out = h.vsactl_child(&["validate"], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("sites/dangling.yaml:1:1: cannot be read"),
+        "{text}"
+    );
+    assert!(
+        text.contains("sites/out.yaml:1:1: is a symbolic link to a file outside the repository"),
+        "{text}"
+    );
+    assert!(
+        text.contains("sites/fifo.yaml:1:1: is not a regular file"),
+        "{text}"
+    );
+    assert!(!text.contains("decoy"), "{text}");
+    for f in ["dangling.yaml", "out.yaml", "fifo.yaml"] {
+        std::fs::remove_file(sites.join(f)).unwrap();
+    }
+
+    // On the host: a directory where a vhost goes is in the way, a
+    // conflict of that site, never a file to create there.
+    std::fs::create_dir_all(h.path("etc/nginx/conf.d/dir.vsa.test.conf")).unwrap();
+    let out = h.vsactl_child(&["diff", "--format", "json"], &[]);
+    let plan = vsa_tests::host::child_json(&out.stdout);
+    assert!(
+        plan["conflicts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["name"] == "dir.vsa.test" && c["kind"] == "vhost"),
+        "{plan}"
+    );
+    assert!(
+        !plan["changes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["name"] == "dir.vsa.test" && c["kind"] == "vhost"),
+        "{plan}"
+    );
+}
