@@ -177,28 +177,7 @@ impl SafeDir {
             Err(rustix::io::Errno::LOOP) => return Ok(Entry::Other("a symbolic link".into())),
             Err(e) => return Err(with_path(e.into(), &self.path.join(name))),
         };
-        let st = rfs::fstat(&fd).map_err(|e| with_path(e.into(), &self.path.join(name)))?;
-        let ft = FileType::from_raw_mode(st.st_mode);
-        if ft != FileType::RegularFile {
-            return Ok(Entry::Other(describe(ft).into()));
-        }
-        if st.st_size as u64 > limit {
-            return Ok(Entry::Other(format!(
-                "a file of {} bytes, over vsa's limit of {limit}",
-                st.st_size
-            )));
-        }
-        let mut bytes = Vec::with_capacity(st.st_size as usize);
-        std::fs::File::from(fd)
-            .take(limit + 1)
-            .read_to_end(&mut bytes)
-            .map_err(|e| with_path(e, &self.path.join(name)))?;
-        if bytes.len() as u64 > limit {
-            return Ok(Entry::Other(format!(
-                "a file growing past vsa's limit of {limit} bytes"
-            )));
-        }
-        Ok(Entry::File(bytes))
+        read_opened(fd, &self.path.join(name), limit)
     }
 
     /// Writes `content` to `name` atomically: an exclusively created
@@ -384,24 +363,35 @@ pub fn read_regular(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
         }
         Err(e) => return Err(with_path(e.into(), path)),
     };
+    match read_opened(fd, path, limit)? {
+        Entry::File(bytes) => Ok(bytes),
+        Entry::Other(what) => Err(io::Error::other(format!(
+            "{} is {what}; vsa reads only regular files of at most {} KiB here",
+            path.display(),
+            limit / 1024
+        ))),
+        Entry::Missing => Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            path.display().to_string(),
+        )),
+    }
+}
+
+/// The content of the file open as `fd` if it is a regular file of at
+/// most `limit` bytes (checked on the descriptor, and again while reading,
+/// for a file that grows); otherwise what it is.
+fn read_opened(fd: OwnedFd, path: &Path, limit: u64) -> io::Result<Entry> {
     let st = rfs::fstat(&fd).map_err(|e| with_path(e.into(), path))?;
     let ft = FileType::from_raw_mode(st.st_mode);
     if ft != FileType::RegularFile {
-        return Err(io::Error::other(format!(
-            "{} is {}, not a regular file",
-            path.display(),
+        return Ok(Entry::Other(format!(
+            "{}, not a regular file",
             describe(ft)
         )));
     }
-    let too_big = || {
-        io::Error::other(format!(
-            "{} is larger than {} KiB, vsa's limit for it",
-            path.display(),
-            limit / 1024
-        ))
-    };
+    let too_big = || Entry::Other(format!("a file larger than vsa's limit of {limit} bytes"));
     if st.st_size as u64 > limit {
-        return Err(too_big());
+        return Ok(too_big());
     }
     let mut bytes = Vec::with_capacity(st.st_size as usize);
     std::fs::File::from(fd)
@@ -409,9 +399,9 @@ pub fn read_regular(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
         .read_to_end(&mut bytes)
         .map_err(|e| with_path(e, path))?;
     if bytes.len() as u64 > limit {
-        return Err(too_big());
+        return Ok(too_big());
     }
-    Ok(bytes)
+    Ok(Entry::File(bytes))
 }
 
 /// A single path component: what a writer may name inside its directory.

@@ -115,6 +115,19 @@ impl Host {
         .unwrap();
     }
 
+    /// A `tls: none` site proxying to `up` behind basic auth: one `user`
+    /// with `password` (hashed at the lowest cost, for speed).
+    pub fn auth_site(&self, name: &str, up: &Upstream, user: &str, password: &str) {
+        let hash = bcrypt::hash(password, 4).unwrap();
+        self.site(
+            name,
+            &format!(
+                "upstream: {{ url: \"http://127.0.0.1:{}\" }}\nauth:\n  users:\n    - name: {user}\n      bcrypt: \"{hash}\"\n",
+                up.port
+            ),
+        );
+    }
+
     pub fn url_site(&self, name: &str, up: &Upstream) {
         self.site(
             name,

@@ -23,14 +23,7 @@ fn apply_converges_serves_and_a_second_apply_changes_nothing() {
     let up = Upstream::start("app");
     let mut h = Host::new(bin);
     h.url_site("open.vsa.test", &up);
-    let hash = bcrypt::hash("pw-123", 4).unwrap();
-    h.site(
-        "locked.vsa.test",
-        &format!(
-            "upstream: {{ url: \"http://127.0.0.1:{}\" }}\nauth:\n  users:\n    - name: bob\n      bcrypt: \"{hash}\"\n",
-            up.port
-        ),
-    );
+    h.auth_site("locked.vsa.test", &up, "bob", "pw-123");
     h.start();
 
     assert_eq!(h.vsactl(&["apply", "--yes"]), ExitCode::SUCCESS);
@@ -254,14 +247,7 @@ fn removing_a_site_removes_its_files_and_nginx_stops_serving_it() {
     let gone = Upstream::start("gone");
     let mut h = Host::new(bin);
     h.url_site("keep.vsa.test", &keep);
-    let hash = bcrypt::hash("x", 4).unwrap();
-    h.site(
-        "gone.vsa.test",
-        &format!(
-            "upstream: {{ url: \"http://127.0.0.1:{}\" }}\nauth:\n  users:\n    - name: u\n      bcrypt: \"{hash}\"\n",
-            gone.port
-        ),
-    );
+    h.auth_site("gone.vsa.test", &gone, "u", "x");
     h.start();
     assert_eq!(h.vsactl(&["apply", "--yes"]), ExitCode::SUCCESS);
     let auth = basic_auth("u", "x");

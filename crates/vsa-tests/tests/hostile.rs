@@ -78,14 +78,7 @@ fn links_planted_under_every_name_a_writer_uses_are_never_followed() {
     let outside = h.path("outside");
     std::fs::create_dir_all(&outside).unwrap();
     h.url_site("open.vsa.test", &up);
-    let hash = bcrypt::hash("pw-1", 4).unwrap();
-    h.site(
-        "locked.vsa.test",
-        &format!(
-            "upstream: {{ url: \"http://127.0.0.1:{}\" }}\nauth:\n  users:\n    - name: bob\n      bcrypt: \"{hash}\"\n",
-            up.port
-        ),
-    );
+    h.auth_site("locked.vsa.test", &up, "bob", "pw-1");
     h.start();
 
     // The temporary names writers used to take (`.vsa-tmp.<name>.<pid>`,
@@ -258,14 +251,7 @@ fn a_site_whose_htpasswd_is_blocked_never_goes_live() {
     let up = Upstream::start("app");
     let mut h = Host::new(bin);
     h.url_site("open.vsa.test", &up);
-    let hash = bcrypt::hash("right", 4).unwrap();
-    h.site(
-        "x.vsa.test",
-        &format!(
-            "upstream: {{ url: \"http://127.0.0.1:{}\" }}\nauth:\n  users:\n    - name: owner\n      bcrypt: \"{hash}\"\n",
-            up.port
-        ),
-    );
+    h.auth_site("x.vsa.test", &up, "owner", "right");
     h.start();
     // Someone else's htpasswd file where vsa would write the site's.
     let planted = bcrypt::hash("planted", 4).unwrap();

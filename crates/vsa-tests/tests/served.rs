@@ -43,14 +43,7 @@ fn a_request_right_after_apply_gets_the_new_behaviour() {
     );
 
     // Auth added: the very next anonymous request is refused.
-    let hash = bcrypt::hash("pw-9", 4).unwrap();
-    h.site(
-        "new.vsa.test",
-        &format!(
-            "upstream: {{ url: \"http://127.0.0.1:{}\" }}\nauth:\n  users:\n    - name: eve\n      bcrypt: \"{hash}\"\n",
-            two.port
-        ),
-    );
+    h.auth_site("new.vsa.test", &two, "eve", "pw-9");
     assert_eq!(h.vsactl(&["apply", "--yes"]), ExitCode::SUCCESS);
     assert_eq!(http_get(h.http_port, "new.vsa.test", "/", &[]).status, 401);
     let auth = basic_auth("eve", "pw-9");
