@@ -329,8 +329,45 @@ pub struct ChainBreak {
 /// and its `prev_hash` is the line before's hash (64 zeros for the first).
 /// Returns the number of events, or the first break.
 pub fn verify(path: &Path) -> Result<std::result::Result<usize, ChainBreak>> {
+    Ok(chain(path)?.map(|hashes| hashes.len()))
+}
+
+/// Compares a log's chain (its hashes, oldest first) with the state
+/// database's copy of it, which the log's editor cannot rewrite along with
+/// it. A log that lost lines at its end, or was rewritten (even with a
+/// chain recomputed from scratch), no longer matches. Returns how many of
+/// the log's newest events the database does not hold yet (a crash
+/// between the two writes), or where they part.
+pub fn compare_with_mirror(
+    log: &[String],
+    mirror: &[String],
+) -> std::result::Result<usize, ChainBreak> {
+    if let Some(i) = log.iter().zip(mirror).position(|(a, b)| a != b) {
+        return Err(ChainBreak {
+            line: i + 1,
+            reason: "this is not the event the state database recorded at this line: the log was rewritten from here on".into(),
+        });
+    }
+    if mirror.len() > log.len() {
+        return Err(ChainBreak {
+            line: log.len() + 1,
+            reason: format!(
+                "the log ends after {} event(s), but the state database recorded {}: the last {} line(s) were removed",
+                log.len(),
+                mirror.len(),
+                mirror.len() - log.len()
+            ),
+        });
+    }
+    Ok(log.len() - mirror.len())
+}
+
+/// The hashes of a log's events, oldest first, when its chain is whole
+/// (see [`verify`]); a missing log has none.
+pub fn chain(path: &Path) -> Result<std::result::Result<Vec<String>, ChainBreak>> {
     let file = match File::open(path) {
         Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Ok(Vec::new())),
         Err(source) => {
             return Err(AuditError::Io {
                 path: path.to_owned(),
@@ -339,7 +376,7 @@ pub fn verify(path: &Path) -> Result<std::result::Result<usize, ChainBreak>> {
         }
     };
     let mut prev = GENESIS.to_owned();
-    let mut n = 0;
+    let mut hashes = Vec::new();
     for (i, line) in BufReader::new(file).lines().enumerate() {
         let line_no = i + 1;
         let line = line.map_err(|source| AuditError::Io {
@@ -367,10 +404,10 @@ pub fn verify(path: &Path) -> Result<std::result::Result<usize, ChainBreak>> {
                 reason: "hash does not match the event's content: the line was edited".into(),
             }));
         }
-        prev = ev.hash;
-        n += 1;
+        prev = ev.hash.clone();
+        hashes.push(ev.hash);
     }
-    Ok(Ok(n))
+    Ok(Ok(hashes))
 }
 
 #[cfg(test)]

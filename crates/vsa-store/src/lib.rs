@@ -215,8 +215,20 @@ impl Store {
         Ok(row.map(|r| r.get::<String, _>(0)))
     }
 
+    /// The hashes of the recorded events, oldest first.
+    pub async fn event_hashes(&self) -> Result<Vec<String>> {
+        let rows = sqlx::query("SELECT hash FROM audit_events ORDER BY seq")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(self.db())?;
+        Ok(rows.into_iter().map(|r| r.get::<String, _>(0)).collect())
+    }
+
     /// Brings the database up to the JSONL log after a crash between the
-    /// two writes: inserts the log's events the database lacks.
+    /// two writes: inserts the log's events the database lacks. A log
+    /// that no longer holds the database's newest event was cut or
+    /// rewritten: nothing of it is taken in, so that `audit --verify`
+    /// keeps finding where the two part.
     pub async fn catch_up(&self, log: &AuditLog) -> Result<usize> {
         let last = self.last_event_hash().await?;
         if last.as_deref() == Some(log.head()) || (last.is_none() && log.head() == audit::GENESIS) {
@@ -224,7 +236,10 @@ impl Store {
         }
         let all = audit::read_all(log.path())?;
         let from = match &last {
-            Some(h) => all.iter().position(|e| &e.hash == h).map_or(0, |i| i + 1),
+            Some(h) => match all.iter().position(|e| &e.hash == h) {
+                Some(i) => i + 1,
+                None => return Ok(0),
+            },
             None => 0,
         };
         let missing = &all[from..];

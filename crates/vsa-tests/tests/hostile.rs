@@ -411,3 +411,85 @@ fn links_fifos_and_directories_in_the_way_are_one_problem_each() {
         "{plan}"
     );
 }
+
+#[test]
+fn a_cut_emptied_deleted_or_recomputed_audit_log_does_not_verify() {
+    let Some(bin) = nginx() else { return };
+    let up = Upstream::start("app");
+    let mut h = Host::new(bin);
+    h.url_site("a.vsa.test", &up);
+    h.start();
+    assert_eq!(h.vsactl(&["apply", "--yes"]), ExitCode::SUCCESS);
+    h.url_site("b.vsa.test", &up);
+    assert_eq!(h.vsactl(&["apply", "--yes"]), ExitCode::SUCCESS);
+    let log = h.path("var/log/vsa/audit.jsonl");
+    let original = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<&str> = original.lines().collect();
+    assert!(lines.len() >= 4, "{original}");
+    let verify = |h: &Host| {
+        let out = h.vsactl_child(&["audit", "--verify"], &[]);
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, text) = verify(&h);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("matching the state database's record"),
+        "{text}"
+    );
+
+    // A log an editor recomputed from scratch: a whole chain, but not the
+    // one the state database recorded.
+    let forged_path = h.path("forged.jsonl");
+    let mut forged = vsa_store::AuditLog::open(&forged_path, "cli:tester", "test-01").unwrap();
+    for _ in 0..lines.len() {
+        forged
+            .record(
+                None,
+                vsa_store::NewEvent::new(
+                    "vhost.write",
+                    "a.vsa.test",
+                    vsa_store::Outcome::Ok,
+                    "created",
+                ),
+            )
+            .unwrap();
+    }
+    forged.sync().unwrap();
+    let recomputed = std::fs::read_to_string(&forged_path).unwrap();
+    let cases: [(&str, String, &str); 5] = [
+        (
+            "the last line deleted",
+            lines[..lines.len() - 1]
+                .iter()
+                .map(|l| format!("{l}\n"))
+                .collect(),
+            "were removed",
+        ),
+        (
+            "only the first lines kept",
+            format!("{}\n{}\n", lines[0], lines[1]),
+            "were removed",
+        ),
+        ("emptied", String::new(), "were removed"),
+        ("recomputed", recomputed, "rewritten"),
+        ("deleted", "DELETE".into(), "were removed"),
+    ];
+    for (what, content, why) in cases {
+        if content == "DELETE" {
+            std::fs::remove_file(&log).unwrap();
+        } else {
+            std::fs::write(&log, content).unwrap();
+        }
+        let (code, text) = verify(&h);
+        assert_eq!(code, Some(1), "{what}: {text}");
+        assert!(
+            text.contains("broken") && text.contains(why),
+            "{what}: {text}"
+        );
+    }
+    std::fs::write(&log, &original).unwrap();
+    assert_eq!(verify(&h).0, Some(0));
+}

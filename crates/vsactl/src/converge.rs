@@ -462,14 +462,39 @@ pub fn audit(
     let ctx = Context::load(global, env)?;
     let path = &ctx.config.paths.audit_log;
     if verify {
-        if !path.exists() {
-            println!("No audit log at {} yet: nothing to verify.", path.display());
-            return Ok(ExitCode::SUCCESS);
-        }
-        return match vsa_store::audit::verify(path)? {
-            Ok(n) => {
+        // The state database keeps its own copy of the chain: a log cut
+        // short, emptied, deleted or rewritten no longer matches it.
+        let mirror = match runtime()?.block_on(async {
+            let Some(store) = Store::open_read_only(&ctx.config.paths.state).await? else {
+                return anyhow::Ok(None);
+            };
+            let hashes = store.event_hashes().await;
+            store.close().await;
+            anyhow::Ok(Some(hashes?))
+        })? {
+            Some(m) => m,
+            None if !path.exists() => {
+                println!("No audit log at {} yet: nothing to verify.", path.display());
+                return Ok(ExitCode::SUCCESS);
+            }
+            None => Vec::new(),
+        };
+        let checked = vsa_store::audit::chain(path)?.and_then(|log| {
+            vsa_store::audit::compare_with_mirror(&log, &mirror).map(|newer| (log.len(), newer))
+        });
+        return match checked {
+            Ok((n, newer)) => {
+                let confirmed = if mirror.is_empty() {
+                    " (no state database to compare with yet)".to_owned()
+                } else if newer > 0 {
+                    format!(
+                        ", matching the state database's record but for the newest {newer}, which it does not hold yet"
+                    )
+                } else {
+                    ", matching the state database's record".to_owned()
+                };
                 println!(
-                    "{OK}Audit chain intact:{OK:#} {n} event(s) in {}.",
+                    "{OK}Audit chain intact:{OK:#} {n} event(s) in {}{confirmed}.",
                     path.display()
                 );
                 Ok(ExitCode::SUCCESS)
