@@ -514,3 +514,75 @@ fn vsad_check_validates_without_starting() {
     std::fs::write(root.join("nope.token"), "t0ken\n").unwrap();
     assert_eq!(check(), 0);
 }
+
+#[test]
+fn idle_and_slow_connections_cannot_starve_the_daemon() {
+    use std::io::{Read, Write};
+    let Some(bin) = nginx() else { return };
+    let up = Upstream::start("app");
+    let mut h = Host::new(bin);
+    h.start();
+    h.url_site("a.vsa.test", &up);
+    let port = free_port();
+    h.configure(&format!(
+        "repo:\n  path: repo\ndashboard:\n  listen: 127.0.0.1:{port}\n"
+    ));
+    let mut d = Vsad::start(&h, port);
+
+    // 300 connections: half idle, half sending a request's headers slowly.
+    let mut held = Vec::new();
+    for i in 0..300 {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        if i % 2 == 0 {
+            let _ = s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n");
+        }
+        held.push(s);
+    }
+    // Drift is still repaired while they are held: the reconciles have
+    // their file descriptors.
+    let vhost = h.path("etc/nginx/conf.d/a.vsa.test.conf");
+    let good = std::fs::read_to_string(&vhost).unwrap();
+    std::fs::write(
+        &vhost,
+        good.replace("proxy_http_version 1.1;", "proxy_http_version 1.0;"),
+    )
+    .unwrap();
+    d.wait("the vhost repaired", Duration::from_secs(10), |_| {
+        std::fs::read_to_string(&vhost).unwrap() == good
+    });
+    // Every one of them is closed by vsad: those over the cap at once, the
+    // others when their headers do not come in time.
+    let deadline = Instant::now() + vsad::http::HEADER_TIMEOUT + Duration::from_secs(5);
+    for s in &mut held {
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1));
+        s.set_read_timeout(Some(left)).unwrap();
+        let mut buf = [0u8; 512];
+        let closed = loop {
+            match s.read(&mut buf) {
+                Ok(0) => break true,
+                Ok(_) => continue, // a 408 or similar, then the close
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break true,
+                Err(_) => break false,
+            }
+        };
+        assert!(closed, "a connection outlived the header timeout");
+    }
+    drop(held);
+    // And the daemon answers as before.
+    assert_eq!(http_get(port, "localhost", "/healthz", &[]).status, 200);
+    let (status, _) = d.terminate();
+    assert!(status.success(), "{}", d.log());
+}
+
+#[test]
+fn the_systemd_unit_bounds_files_memory_and_tasks() {
+    let unit = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/systemd/vsad.service"),
+    )
+    .unwrap();
+    for key in ["LimitNOFILE=", "MemoryMax=", "TasksMax="] {
+        assert!(unit.lines().any(|l| l.starts_with(key)), "{key} missing");
+    }
+}

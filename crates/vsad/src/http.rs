@@ -51,11 +51,89 @@ pub struct Shared {
     pub webhook_secret: Option<Vec<u8>>,
     /// With `dashboard.token_file`: needed for `/api/*`.
     pub token: Option<String>,
+    /// Refused webhooks, warned about once per burst.
+    pub bad_hooks: Burst,
 }
 
 impl Shared {
     pub fn view(&self) -> std::sync::MutexGuard<'_, View> {
         self.view.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// How long a client may take to send a request's headers (slowloris),
+/// and to wait between requests on a kept-alive connection.
+pub const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How long one connection may live at all; nothing vsad serves takes long.
+pub const CONNECTION_LIFETIME: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Connections served at once; more are closed at once, so that a flood
+/// never takes the file descriptors the reconciles need.
+pub const MAX_CONNECTIONS: usize = 64;
+
+/// Serves `router` on `listener` until `shutdown` resolves, with the limits
+/// above: a neighbour holding sockets open cannot starve the daemon.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let refused = Arc::new(Burst::default());
+    tokio::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // EMFILE and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "cannot accept a connection");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => return,
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            if refused.first_of_burst() {
+                tracing::warn!(
+                    limit = MAX_CONNECTIONS,
+                    "too many connections: closing new ones until some end"
+                );
+            }
+            drop(stream);
+            continue;
+        };
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(CONNECTION_LIFETIME, conn).await;
+        });
+    }
+}
+
+/// One warning per burst of the same trouble: the first occurrence after a
+/// quiet minute.
+#[derive(Debug, Default)]
+pub struct Burst {
+    last: Mutex<Option<std::time::Instant>>,
+}
+
+impl Burst {
+    const QUIET: std::time::Duration = std::time::Duration::from_secs(60);
+
+    /// True for the first call after [`Burst::QUIET`] without one.
+    pub fn first_of_burst(&self) -> bool {
+        let now = std::time::Instant::now();
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        let first = last.is_none_or(|t| now.duration_since(t) >= Self::QUIET);
+        *last = Some(now);
+        first
     }
 }
 
@@ -179,7 +257,11 @@ async fn hook(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> 
         .and_then(|v| v.strip_prefix("sha256="))
         .and_then(hex_decode);
     let Some(signature) = signature else {
-        tracing::warn!("webhook without a valid X-Hub-Signature-256 header refused");
+        if s.bad_hooks.first_of_burst() {
+            tracing::warn!(
+                "webhook without a valid X-Hub-Signature-256 header refused (more in this burst are refused silently)"
+            );
+        }
         return (StatusCode::UNAUTHORIZED, "missing or malformed signature\n").into_response();
     };
     let Ok(mut mac) = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret) else {
@@ -187,7 +269,11 @@ async fn hook(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> 
     };
     mac.update(&body);
     if mac.verify_slice(&signature).is_err() {
-        tracing::warn!("webhook with a wrong signature refused");
+        if s.bad_hooks.first_of_burst() {
+            tracing::warn!(
+                "webhook with a wrong signature refused (more in this burst are refused silently)"
+            );
+        }
         return (StatusCode::UNAUTHORIZED, "bad signature\n").into_response();
     }
     let _ = s.triggers.send(Trigger::Fetch);

@@ -161,6 +161,7 @@ async fn run(cli: &Cli) -> Result<i32> {
         triggers: tx.clone(),
         webhook_secret: secret,
         token,
+        bad_hooks: http::Burst::default(),
     });
 
     let listener = tokio::net::TcpListener::bind(&config.dashboard.listen)
@@ -173,13 +174,9 @@ async fn run(cli: &Cli) -> Result<i32> {
         })?;
     tracing::info!(listen = %config.dashboard.listen, "serving the API");
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(
-        axum::serve(listener, http::router(shared.clone()))
-            .with_graceful_shutdown(async {
-                let _ = http_stopped.await;
-            })
-            .into_future(),
-    );
+    let server = tokio::spawn(http::serve(listener, http::router(shared.clone()), async {
+        let _ = http_stopped.await;
+    }));
 
     // Watchers live as long as this function.
     let _watchers = watch(&config, tx.clone())?;
