@@ -36,6 +36,19 @@ if [ ${#need[@]} -gt 0 ]; then
     fi
 fi
 
+# The nginx configuration analyzer and the TLS scanner the rendering tests
+# run, from PyPI (pinned).
+if ! command -v gixy >/dev/null 2>&1 || ! command -v sslyze >/dev/null 2>&1; then
+    if command -v python3 >/dev/null 2>&1 && python3 -m pip --version >/dev/null 2>&1; then
+        echo "test.sh: installing gixy-ng and sslyze (PyPI)" >&2
+        python3 -m pip install -q --disable-pip-version-check "gixy-ng==0.2.59" "sslyze==6.3.1" >&2 \
+            || echo "test.sh: pip install failed; the tests that need gixy-ng or sslyze will say so" >&2
+        hash -r
+    else
+        echo "test.sh: no python3 pip; the tests that need gixy-ng or sslyze will skip (fail under CI=true)" >&2
+    fi
+fi
+
 # The Docker tests need a running engine: start Debian's dockerd when none
 # answers (as root; elsewhere they skip loudly, and fail under CI=true).
 if command -v docker >/dev/null 2>&1 && ! docker info >/dev/null 2>&1 \

@@ -162,6 +162,14 @@ fn every_variant_passes_nginx_t_and_serves_its_upstream() {
             one.port
         ),
     );
+    site(
+        &h.repo,
+        "tls-auth-pending.yaml",
+        &format!(
+            "domain: locked.vsa.test\nupstream: {{ url: \"http://127.0.0.1:{}\" }}\nauth:\n  users:\n    - name: alice\n      bcrypt: \"{hash}\"\n",
+            one.port
+        ),
+    );
     self_signed(
         &openssl,
         &h.config.paths.letsencrypt.join("live/tls.vsa.test"),
@@ -179,6 +187,29 @@ fn every_variant_passes_nginx_t_and_serves_its_upstream() {
     nginx
         .test()
         .expect("every rendered variant passes nginx -t");
+    // gixy-ng, the nginx configuration analyzer, finds nothing of high
+    // severity in any variant vsa rendered (server tokens included): only
+    // vsa's files, not the test's own nginx.conf around them.
+    if let Some(gixy) =
+        vsa_tests::require_from("gixy", "gixy-ng (PyPI)", "to analyze the rendered config")
+    {
+        let conf = h.root.join("gixy.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "events {{}}\nhttp {{\n    include {}/*.conf;\n}}\n",
+                h.config.paths.vhosts.display()
+            ),
+        )
+        .unwrap();
+        let out = Command::new(gixy).arg("-lll").arg(&conf).output().unwrap();
+        assert!(
+            out.status.success(),
+            "gixy-ng reports HIGH issues:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 
     // Written exactly as rendered, the host is in sync but for the
     // certificates of the `tls: acme` sites that have none (this test
@@ -280,6 +311,36 @@ fn every_variant_passes_nginx_t_and_serves_its_upstream() {
         &[],
     );
     assert_eq!(r.status, 200);
+    // Its HTTPS server is Mozilla-intermediate compliant, as sslyze checks
+    // it: in everything but the trust of this test's self-signed certificate.
+    if let Some(sslyze) =
+        vsa_tests::require_from("sslyze", "sslyze (PyPI)", "to check the TLS settings")
+    {
+        let out = Command::new(sslyze)
+            .arg("--mozilla_config=intermediate")
+            .arg(format!("tls.vsa.test:{https_port}{{127.0.0.1}}"))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let (_, compliance) = text
+            .split_once("COMPLIANCE AGAINST")
+            .unwrap_or_else(|| panic!("no compliance check in sslyze's output:\n{text}"));
+        let failures: Vec<&str> = compliance
+            .lines()
+            .map(str::trim)
+            .filter(|l| l.starts_with("* "))
+            .collect();
+        assert!(
+            failures
+                .iter()
+                .all(|l| l.starts_with("* certificate_path_validation")),
+            "not intermediate-compliant:\n{compliance}"
+        );
+    }
+    // A site with auth and no certificate yet asks for no password over
+    // plain HTTP.
+    let r = http_get(http_port, "locked.vsa.test", "/", &[]);
+    assert_eq!((r.status, r.body.as_str()), (503, "certificate pending\n"));
     // Without one yet, it is served over HTTP (no ssl_certificate to a missing file).
     let r = http_get(http_port, "pending.vsa.test", "/", &[]);
     assert_eq!(r.status, 200);
