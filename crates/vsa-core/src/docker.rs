@@ -117,9 +117,11 @@ impl ContainerSpec {
         }
     }
 
-    /// Pretty JSON: the `vsa.spec` label and the text diffs are made of it.
+    /// Pretty JSON in canonical (key-sorted) order, the order the observed
+    /// `vsa.spec` label is printed in too: a diff of the two shows only
+    /// what changed.
     pub fn to_json(&self) -> String {
-        serde_json::to_string_pretty(self).unwrap_or_default()
+        canonical_json(&serde_json::to_value(self).unwrap_or_default())
     }
 
     /// SHA-256 of the canonical (compact, sorted) JSON, hex.
@@ -175,6 +177,27 @@ pub struct ObservedContainer {
     pub spec: Option<String>,
     pub networks: Vec<String>,
     pub image: String,
+}
+
+/// `value` as pretty JSON with every object's keys sorted, whatever order
+/// it was built or parsed in.
+pub fn canonical_json(value: &serde_json::Value) -> String {
+    fn sorted(v: &serde_json::Value) -> serde_json::Value {
+        match v {
+            serde_json::Value::Object(m) => {
+                let mut keys: Vec<&String> = m.keys().collect();
+                keys.sort();
+                serde_json::Value::Object(
+                    keys.into_iter()
+                        .map(|k| (k.clone(), sorted(&m[k])))
+                        .collect(),
+                )
+            }
+            serde_json::Value::Array(a) => serde_json::Value::Array(a.iter().map(sorted).collect()),
+            other => other.clone(),
+        }
+    }
+    serde_json::to_string_pretty(&sorted(value)).unwrap_or_default()
 }
 
 /// A digest of an env file's bytes, as the spec records it: HMAC-SHA-256

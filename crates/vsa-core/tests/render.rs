@@ -408,7 +408,10 @@ fn containers_are_planned_by_spec_hash_and_a_shared_one_says_so() {
                     instance: Some("a".repeat(32)),
                     running: true,
                     spec_hash: Some(spec.hash()),
-                    spec: Some(spec.to_json()),
+                    // As the adapter reads it back from the compact label.
+                    spec: Some(vsa_core::docker::canonical_json(
+                        &serde_json::from_str(&serde_json::to_string(&spec).unwrap()).unwrap(),
+                    )),
                     networks: vec![network.into()],
                     image: spec.image.clone(),
                 },
@@ -462,6 +465,16 @@ fn containers_are_planned_by_spec_hash_and_a_shared_one_says_so() {
         diff.contains("-    \"B\": \"2\"") && diff.contains("+    \"B\": \"3\""),
         "{diff}"
     );
+    // Only what changed moves: both sides are printed in one order.
+    let moved: Vec<&str> = diff
+        .lines()
+        .filter(|l| {
+            (l.starts_with('+') || l.starts_with('-'))
+                && !l.starts_with("+++")
+                && !l.starts_with("---")
+        })
+        .collect();
+    assert_eq!(moved.len(), 2, "{diff}");
 
     // An unmanaged container in the way is a conflict, never a change.
     let mut d = observed_for(&m);

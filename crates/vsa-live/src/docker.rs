@@ -175,7 +175,7 @@ pub async fn observe(docker: &Docker) -> Result<vsa_core::docker::ObservedDocker
         );
         let spec = labels.get(LABEL_SPEC).map(|s| {
             serde_json::from_str::<serde_json::Value>(s)
-                .and_then(|v| serde_json::to_string_pretty(&v))
+                .map(|v| vsa_core::docker::canonical_json(&v))
                 .unwrap_or_else(|_| s.clone())
         });
         let networks = c
