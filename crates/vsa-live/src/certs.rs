@@ -31,6 +31,17 @@ pub fn observe(letsencrypt: &Path, now: i64) -> std::io::Result<Vec<CertInfo>> {
     Ok(out)
 }
 
+/// A serial number as hex, as openssl and the CAs print it: without the
+/// leading zero byte DER adds to keep a number with its high bit set
+/// positive.
+fn serial_hex(raw: &[u8]) -> String {
+    let mut bytes = raw;
+    while bytes.len() > 1 && bytes[0] == 0 {
+        bytes = &bytes[1..];
+    }
+    bytes.iter().map(|b| format!("{b:02X}")).collect()
+}
+
 /// The certificate of one `live/<domain>` directory.
 pub fn read(dir: &Path, domain: &str, now: i64) -> CertInfo {
     let chain = std::fs::read(dir.join("fullchain.pem"));
@@ -92,7 +103,7 @@ pub fn parse(
         subject: cert.subject().to_string(),
         sans,
         issuer: cert.issuer().to_string(),
-        serial: cert.raw_serial_as_string().replace(':', "").to_uppercase(),
+        serial: serial_hex(cert.raw_serial()),
         not_before,
         not_after,
         days_left: days_left(not_after, now),
@@ -108,4 +119,14 @@ fn key_spki(pem: &str) -> Option<Vec<u8>> {
     use rcgen::PublicKeyData;
     let key = rcgen::KeyPair::from_pem(pem).ok()?;
     Some(key.subject_public_key_info())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn serials_print_as_openssl_prints_them() {
+        assert_eq!(super::serial_hex(&[0x00, 0xC5, 0x45]), "C545");
+        assert_eq!(super::serial_hex(&[0x01, 0x00]), "0100");
+        assert_eq!(super::serial_hex(&[0x00]), "00");
+    }
 }

@@ -160,7 +160,9 @@ impl Nginx {
         }
     }
 
-    /// Starts the master process and waits until `port` accepts connections.
+    /// Starts the master process and waits until `port` accepts connections
+    /// and the pid file names the master (nginx listens before it writes
+    /// it; systemd waits for the pid file the same way).
     pub fn start(&mut self, port: u16) {
         let child = Command::new(&self.bin)
             .args(self.args())
@@ -173,7 +175,11 @@ impl Nginx {
             .expect("start nginx");
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        let pid_written = || {
+            std::fs::read_to_string(self.prefix.join("nginx.pid"))
+                .is_ok_and(|p| p.trim().parse::<u32>().is_ok())
+        };
+        while TcpStream::connect(("127.0.0.1", port)).is_err() || !pid_written() {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("nginx exited with {status}: {}", self.error_log());
             }
