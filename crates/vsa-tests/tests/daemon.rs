@@ -513,6 +513,17 @@ fn vsad_check_validates_without_starting() {
     assert_eq!(check(), 2);
     std::fs::write(root.join("nope.token"), "t0ken\n").unwrap();
     assert_eq!(check(), 0);
+    // A fresh install with a remote: no clone yet is no error (vsad makes
+    // it at start); the files the config names are still checked.
+    std::fs::write(
+        &config,
+        "host: test-01\nrepo: { path: clone, url: 'https://git.example.com/s.git', token_file: nope.token }\n",
+    )
+    .unwrap();
+    assert_eq!(check(), 0);
+    assert!(!root.join("clone").exists(), "--check makes nothing");
+    std::fs::remove_file(root.join("nope.token")).unwrap();
+    assert_eq!(check(), 2);
 }
 
 #[test]

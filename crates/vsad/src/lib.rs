@@ -277,6 +277,21 @@ fn check(config: &Config, host: &str) -> Result<i32> {
             "vsad: warning: repo.url is an SSH remote and repo.known_hosts_file is unset: only ~/.ssh/known_hosts of the user vsad runs as can vouch for the server (the shipped systemd unit hides /root)"
         );
     }
+    // A fresh install: vsad makes the clone at its first start, and checks
+    // the desired state then, before it applies anything.
+    if let Some(url) = &config.repo.url
+        && !config.repo.path.join(".git").exists()
+    {
+        if failed {
+            return Ok(2);
+        }
+        println!(
+            "ok: host {host}: the configuration holds; {} is not cloned yet: vsad clones {} there at start and validates the desired state before applying it",
+            config.repo.path.display(),
+            vsa_live::git::redacted(url)
+        );
+        return Ok(0);
+    }
     let (model, warnings) = match vsa_engine::pipeline::load_repo(&config.repo.path) {
         Ok(x) => x,
         Err(vsa_engine::pipeline::PipelineError::Invalid(problems)) => {
