@@ -98,6 +98,34 @@ fn problem_text(p: &instant_acme::Problem) -> String {
     }
 }
 
+/// The directory's `meta.termsOfService` link (RFC 8555 §7.1.1).
+async fn terms_of_service(client: &dyn HttpClient, directory: &str) -> Option<String> {
+    let request = http::Request::get(directory)
+        .body(BodyWrapper::from(Vec::new()))
+        .ok()?;
+    let mut response = client.request(request).await.ok()?;
+    let body = response.body.into_bytes().await.ok()?;
+    let directory: serde_json::Value = serde_json::from_slice(&body).ok()?;
+    directory["meta"]["termsOfService"]
+        .as_str()
+        .filter(|t| t.len() < 2048 && !t.chars().any(char::is_control))
+        .map(str::to_owned)
+}
+
+/// An HTTP client trusting the system's roots, as instant-acme's own.
+fn system_client() -> Option<Box<dyn HttpClient>> {
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .try_with_platform_verifier()
+        .ok()?
+        .https_only()
+        .enable_http1()
+        .enable_http2()
+        .build();
+    let client: HyperClient<_, BodyWrapper<Bytes>> =
+        HyperClient::builder(TokioExecutor::new()).build(connector);
+    Some(Box::new(client))
+}
+
 /// An HTTP client trusting exactly the certificates of a PEM bundle.
 fn client_with_bundle(path: &Path) -> Result<Box<dyn HttpClient>, AcmeError> {
     let err = |message: String| AcmeError::CaBundle {
@@ -176,6 +204,15 @@ impl AcmeClient {
                 });
             }
         }
+        // The terms a new account agrees to: the directory's own link to
+        // them, for the audit trail (None when the CA publishes none).
+        let terms = match ca_bundle {
+            Some(p) => terms_of_service(&*client_with_bundle(p)?, directory).await,
+            None => match system_client() {
+                Some(c) => terms_of_service(&*c, directory).await,
+                None => None,
+            },
+        };
         // The CA may write to the fleet's contact (acme.email in
         // fleet.yaml) about expiring certificates and policy changes.
         let contact = email.map(|e| format!("mailto:{e}"));
@@ -193,8 +230,11 @@ impl AcmeClient {
             .await
             .map_err(dir_err)?;
         let registered = Some(format!(
-            "registered an account at {directory} with contact {}, agreeing to the terms of service that directory publishes (RFC 8555 meta.termsOfService)",
-            email.unwrap_or("none (acme.email is not set in fleet.yaml)")
+            "registered an account at {directory} with contact {}, agreeing to the CA's terms of service: {}",
+            email.unwrap_or("none (acme.email is not set in fleet.yaml)"),
+            terms
+                .as_deref()
+                .unwrap_or("those the directory links to (meta.termsOfService)")
         ));
         let json = serde_json::to_vec_pretty(&creds).unwrap_or_default();
         state

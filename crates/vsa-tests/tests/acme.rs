@@ -438,4 +438,9 @@ fn a_site_with_auth_asks_no_password_over_plain_http_until_its_certificate_exist
         detail.contains("ops@vsa.test") && detail.contains("terms of service"),
         "{account}"
     );
+    // The very terms: the link Pebble's directory publishes.
+    assert!(
+        !detail.contains("those the directory links to"),
+        "{account}"
+    );
 }
