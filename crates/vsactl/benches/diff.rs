@@ -44,7 +44,7 @@ fn fixture(n: usize) -> Fixture {
             )
         };
         let mut s = format!(
-            "apiVersion: vsa/v1\nkind: Site\ndomain: site{i}.example.com\nhost: vps-01\n{upstream}"
+            "apiVersion: vsa/v1\nkind: Site\ndomain: site{i}.example.com\nhost: vps-01\ntls: none\n{upstream}"
         );
         if i % 3 == 0 {
             s.push_str(&format!("aliases: [www.site{i}.example.com]\n"));
