@@ -43,6 +43,9 @@ if ! command -v gixy >/dev/null 2>&1 || ! command -v sslyze >/dev/null 2>&1; the
         echo "test.sh: installing gixy-ng and sslyze (PyPI)" >&2
         python3 -m pip install -q --disable-pip-version-check "gixy-ng==0.2.59" "sslyze==6.3.1" >&2 \
             || echo "test.sh: pip install failed; the tests that need gixy-ng or sslyze will say so" >&2
+        # Where pip put their commands (a pyenv, a venv, ~/.local): on PATH.
+        PATH="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$HOME/.local/bin:$PATH"
+        export PATH
         hash -r
     else
         echo "test.sh: no python3 pip; the tests that need gixy-ng or sslyze will skip (fail under CI=true)" >&2
