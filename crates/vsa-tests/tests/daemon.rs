@@ -597,3 +597,53 @@ fn the_systemd_unit_bounds_files_memory_and_tasks() {
         assert!(unit.lines().any(|l| l.starts_with(key)), "{key} missing");
     }
 }
+
+#[test]
+fn a_reload_that_does_not_take_is_the_daemons_last_error_until_it_does() {
+    let Some(bin) = nginx() else { return };
+    let up = Upstream::start("app");
+    let mut h = Host::new(bin);
+    h.start();
+    h.url_site("a.vsa.test", &up);
+    let port = free_port();
+    h.configure(&format!(
+        "repo:\n  path: repo\ndashboard:\n  listen: 127.0.0.1:{port}\n"
+    ));
+    // The sites listen on a port another process holds: `nginx -t` passes,
+    // the reload does not take.
+    let busy = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let site_port = busy.local_addr().unwrap().port();
+    let text = std::fs::read_to_string(&h.config_file).unwrap();
+    std::fs::write(
+        &h.config_file,
+        text.replace(
+            &format!("http_port: {}", h.http_port),
+            &format!("http_port: {site_port}"),
+        ),
+    )
+    .unwrap();
+    let mut d = Vsad::start(&h, port);
+    d.wait("the reload error shown", Duration::from_secs(10), |d| {
+        d.status().is_some_and(|s| {
+            s["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("Address already in use"))
+        })
+    });
+    let st = d.status().unwrap();
+    assert_eq!(st["in_sync"], false, "{st}");
+    assert!(
+        h.audit_lines()
+            .iter()
+            .any(|e| e["action"] == "nginx.reload" && e["outcome"] == "error"),
+    );
+    // Once the port is free, a retry reloads; in sync means served.
+    drop(busy);
+    d.wait("in sync", Duration::from_secs(30), |d| {
+        d.status()
+            .is_some_and(|s| s["in_sync"] == true && s["last_error"].is_null())
+    });
+    assert_eq!(http_get(site_port, "a.vsa.test", "/", &[]).status, 200);
+    let (status, _) = d.terminate();
+    assert!(status.success(), "{}", d.log());
+}

@@ -459,7 +459,9 @@ impl Daemon {
             })
             .await??
         };
-        if plan.changes.is_empty() {
+        // Nothing to do only when nginx also serves what is on disk: a
+        // reload that did not take is still owed.
+        if plan.changes.is_empty() && plan.reload.is_none() {
             self.reported_drift = None;
             self.apply_error = None;
             return Ok(plan);
@@ -474,6 +476,14 @@ impl Daemon {
                     changes = plan.changes.len(),
                     "drift seen (report mode: left as is)"
                 );
+                let reload = plan.reload.iter().map(|why| {
+                    NewEvent::new(
+                        "drift.seen",
+                        "nginx",
+                        Outcome::Skipped,
+                        format!("reload owed: {why}"),
+                    )
+                });
                 let events = names
                     .iter()
                     .map(|n| {
@@ -487,6 +497,7 @@ impl Daemon {
                             .collect();
                         NewEvent::new("drift.seen", *n, Outcome::Skipped, what.join("; "))
                     })
+                    .chain(reload)
                     .collect();
                 self.audit(commit.as_deref(), events).await;
             }
