@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::names;
 use crate::problem::Problem;
-use crate::span::Pos;
+use crate::span::{Pos, Sp};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Config {
@@ -153,7 +153,7 @@ pub struct HubServerConfig {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
-    host: Option<String>,
+    host: Option<Sp<String>>,
     #[serde(default)]
     repo: RawRepo,
     #[serde(default)]
@@ -177,14 +177,14 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawRepo {
     path: Option<String>,
-    url: Option<String>,
+    url: Option<Sp<String>>,
     branch: Option<String>,
-    poll: Option<String>,
+    poll: Option<Sp<String>>,
     webhook_secret_file: Option<String>,
-    token_file: Option<String>,
+    token_file: Option<Sp<String>>,
     ssh_key_file: Option<String>,
     known_hosts_file: Option<String>,
-    timeout: Option<String>,
+    timeout: Option<Sp<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -202,34 +202,34 @@ struct RawPaths {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawNginx {
-    test: Option<Vec<String>>,
-    reload: Option<Vec<String>>,
+    test: Option<Sp<Vec<String>>>,
+    reload: Option<Sp<Vec<String>>>,
     container: Option<String>,
     group: Option<String>,
-    http_port: Option<u16>,
-    https_port: Option<u16>,
+    http_port: Option<Sp<u16>>,
+    https_port: Option<Sp<u16>>,
     #[serde(default)]
     paths: RawNginxPaths,
-    resolver: Option<String>,
+    resolver: Option<Sp<String>>,
     ipv6: Option<bool>,
-    probe_port: Option<u16>,
+    probe_port: Option<Sp<u16>>,
     error_log: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawNginxPaths {
-    htpasswd: Option<String>,
-    letsencrypt: Option<String>,
-    webroot: Option<String>,
-    access_logs: Option<String>,
+    htpasswd: Option<Sp<String>>,
+    letsencrypt: Option<Sp<String>>,
+    webroot: Option<Sp<String>>,
+    access_logs: Option<Sp<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawDocker {
     endpoint: Option<String>,
-    network: Option<String>,
+    network: Option<Sp<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -243,7 +243,7 @@ struct RawAcme {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawDashboard {
-    listen: Option<String>,
+    listen: Option<Sp<String>>,
     token_file: Option<String>,
 }
 
@@ -309,7 +309,10 @@ impl Config {
             }
         };
         let mut problems = Vec::new();
-        let mut bad = |msg: String| problems.push(Problem::error(src.file, Pos::new(1, 1), msg));
+        // Each problem at the value it is about (the file's start when the
+        // value is a default).
+        let mut bad = |pos: Pos, msg: String| problems.push(Problem::error(src.file, pos, msg));
+        let at = |v: Option<Pos>| v.unwrap_or(Pos::new(1, 1));
 
         let under = |p: &str| -> PathBuf { normalize(&src.root.join(p.trim_start_matches('/'))) };
         let given = |p: &Option<String>, default: &str| -> PathBuf {
@@ -323,30 +326,30 @@ impl Config {
         if let Some(h) = &raw.host
             && let Err(e) = names::identifier(h)
         {
-            bad(format!("host `{h}` {e}"));
+            bad(h.pos, format!("host `{}` {e}", h.value));
         }
         // A duration of at least a second, else `default` and a problem.
-        let mut duration = |key: &str, value: &Option<String>, default: u64| match value {
+        let mut duration = |key: &str, value: &Option<Sp<String>>, default: u64| match value {
             None => default,
             Some(v) => match names::parse_duration(v) {
                 Ok(ms) if ms >= 1000 => ms,
                 Ok(_) => {
-                    bad(format!("{key} `{v}` is shorter than 1s"));
+                    bad(v.pos, format!("{key} `{}` is shorter than 1s", v.value));
                     default
                 }
                 Err(e) => {
-                    bad(format!("{key}: {e}"));
+                    bad(v.pos, format!("{key}: {e}"));
                     default
                 }
             },
         };
         let poll_ms = duration("repo.poll", &raw.repo.poll, 60_000);
         let timeout_ms = duration("repo.timeout", &raw.repo.timeout, 30_000);
-        if raw.repo.token_file.is_some()
+        if let Some(token_file) = &raw.repo.token_file
             && let Some(url) = &raw.repo.url
             && !url.to_ascii_lowercase().starts_with("https://")
         {
-            bad("repo.token_file is sent only over https://, and repo.url is not an https:// URL (the token would travel in clear, or go nowhere)".to_owned());
+            bad(token_file.pos, "repo.token_file is sent only over https://, and repo.url is not an https:// URL (the token would travel in clear, or go nowhere)".to_owned());
         }
         let paths = Paths {
             vhosts: given(&raw.paths.vhosts, "/etc/nginx/conf.d"),
@@ -358,9 +361,9 @@ impl Config {
             audit_log: given(&raw.paths.audit_log, "/var/log/vsa/audit.jsonl"),
         };
         // Inside a container nginx sees its own paths; on the host, the same ones.
-        let nginx_view = |p: &Option<String>, host: &PathBuf| -> PathBuf {
+        let nginx_view = |p: &Option<Sp<String>>, host: &PathBuf| -> PathBuf {
             match p {
-                Some(p) => PathBuf::from(p),
+                Some(p) => PathBuf::from(&p.value),
                 None => host.clone(),
             }
         };
@@ -370,11 +373,20 @@ impl Config {
             webroot: nginx_view(&raw.nginx.paths.webroot, &paths.webroot),
             access_logs: nginx_view(&raw.nginx.paths.access_logs, &paths.access_logs),
         };
-        for (what, p) in [
-            ("nginx.paths.htpasswd", &nginx_paths.htpasswd),
-            ("nginx.paths.letsencrypt", &nginx_paths.letsencrypt),
-            ("nginx.paths.webroot", &nginx_paths.webroot),
-            ("nginx.paths.access_logs", &nginx_paths.access_logs),
+        let rp = &raw.nginx.paths;
+        for (what, p, written) in [
+            ("nginx.paths.htpasswd", &nginx_paths.htpasswd, &rp.htpasswd),
+            (
+                "nginx.paths.letsencrypt",
+                &nginx_paths.letsencrypt,
+                &rp.letsencrypt,
+            ),
+            ("nginx.paths.webroot", &nginx_paths.webroot, &rp.webroot),
+            (
+                "nginx.paths.access_logs",
+                &nginx_paths.access_logs,
+                &rp.access_logs,
+            ),
         ] {
             // These are written into vhosts: hold them to the same rules as manifests.
             let s = p.to_string_lossy();
@@ -383,49 +395,70 @@ impl Config {
                     || c.is_control()
                     || matches!(c, ';' | '{' | '}' | '"' | '\'' | '$' | '#' | '\\')
             }) {
-                bad(format!(
-                    "{what} `{}` contains a character nginx would misread",
-                    s.escape_debug()
-                ));
+                bad(
+                    at(written.as_ref().map(|w| w.pos)),
+                    format!(
+                        "{what} `{}` contains a character nginx would misread",
+                        s.escape_debug()
+                    ),
+                );
             }
         }
-        let http_port = raw.nginx.http_port.unwrap_or(80);
-        let https_port = raw.nginx.https_port.unwrap_or(443);
-        let probe_port = raw.nginx.probe_port.unwrap_or(DEFAULT_PROBE_PORT);
-        if http_port == 0 || https_port == 0 || probe_port == 0 {
-            bad("nginx.http_port, nginx.https_port and nginx.probe_port must be 1-65535".into());
+        let port = |p: &Option<Sp<u16>>, default: u16| p.as_ref().map_or(default, |p| p.value);
+        let pos_of = |p: &Option<Sp<u16>>| p.as_ref().map(|p| p.pos);
+        let http_port = port(&raw.nginx.http_port, 80);
+        let https_port = port(&raw.nginx.https_port, 443);
+        let probe_port = port(&raw.nginx.probe_port, DEFAULT_PROBE_PORT);
+        let zero = [
+            (http_port, pos_of(&raw.nginx.http_port)),
+            (https_port, pos_of(&raw.nginx.https_port)),
+            (probe_port, pos_of(&raw.nginx.probe_port)),
+        ]
+        .into_iter()
+        .find(|(p, _)| *p == 0);
+        if let Some((_, pos)) = zero {
+            bad(
+                at(pos),
+                "nginx.http_port, nginx.https_port and nginx.probe_port must be 1-65535".into(),
+            );
         } else if probe_port == http_port || probe_port == https_port {
-            bad(format!(
-                "nginx.probe_port {probe_port} is a port the sites listen on; vsa's probe needs a port of its own"
-            ));
+            bad(
+                at(pos_of(&raw.nginx.probe_port).or(pos_of(&raw.nginx.http_port))),
+                format!(
+                    "nginx.probe_port {probe_port} is a port the sites listen on; vsa's probe needs a port of its own"
+                ),
+            );
         }
         let resolver = raw
             .nginx
             .resolver
-            .clone()
-            .unwrap_or_else(|| "127.0.0.11".into());
+            .as_ref()
+            .map_or_else(|| "127.0.0.11".into(), |r| r.value.clone());
         if resolver.split_whitespace().any(|r| {
             r.parse::<std::net::IpAddr>().is_err()
                 && names::dns_name(r).is_err()
                 && r.parse::<std::net::SocketAddr>().is_err()
         }) || resolver.contains(';')
         {
-            bad(format!(
-                "nginx.resolver `{}` must be IP addresses separated by spaces",
-                resolver.escape_debug()
-            ));
+            bad(
+                at(raw.nginx.resolver.as_ref().map(|r| r.pos)),
+                format!(
+                    "nginx.resolver `{}` must be IP addresses separated by spaces",
+                    resolver.escape_debug()
+                ),
+            );
         }
-        let argv = |v: &Option<Vec<String>>,
+        let argv = |v: &Option<Sp<Vec<String>>>,
                     default: &[&str],
                     what: &str,
-                    bad: &mut dyn FnMut(String)|
+                    bad: &mut dyn FnMut(Pos, String)|
          -> Vec<String> {
             match v {
                 Some(v) if v.is_empty() => {
-                    bad(format!("{what} must not be empty"));
+                    bad(v.pos, format!("{what} must not be empty"));
                     default.iter().map(|s| s.to_string()).collect()
                 }
-                Some(v) => v.clone(),
+                Some(v) => v.value.clone(),
                 None => default.iter().map(|s| s.to_string()).collect(),
             }
         };
@@ -440,31 +473,39 @@ impl Config {
         let listen = raw
             .dashboard
             .listen
-            .clone()
-            .unwrap_or_else(|| "127.0.0.1:8088".into());
+            .as_ref()
+            .map_or_else(|| "127.0.0.1:8088".into(), |l| l.value.clone());
         if listen.parse::<std::net::SocketAddr>().is_err() {
-            bad(format!(
-                "dashboard.listen `{listen}` is not an address such as 127.0.0.1:8088"
-            ));
+            bad(
+                at(raw.dashboard.listen.as_ref().map(|l| l.pos)),
+                format!("dashboard.listen `{listen}` is not an address such as 127.0.0.1:8088"),
+            );
         }
         let network = raw
             .docker
             .network
-            .clone()
-            .unwrap_or_else(|| "flowbiz_ext".into());
+            .as_ref()
+            .map_or_else(|| "flowbiz_ext".into(), |n| n.value.clone());
         if let Err(e) = names::container_name(&network) {
-            bad(format!("docker.network `{network}` {e}"));
+            bad(
+                at(raw.docker.network.as_ref().map(|n| n.pos)),
+                format!("docker.network `{network}` {e}"),
+            );
         }
 
         let config = Config {
-            host: raw.host.clone(),
+            host: raw.host.as_ref().map(|h| h.value.clone()),
             repo: RepoConfig {
                 path: given(&raw.repo.path, "/srv/vsa/desired-state"),
-                url: raw.repo.url.clone(),
+                url: raw.repo.url.as_ref().map(|u| u.value.clone()),
                 branch: raw.repo.branch.clone().unwrap_or_else(|| "main".into()),
                 poll_ms,
                 webhook_secret_file: opt_path(&raw.repo.webhook_secret_file),
-                token_file: opt_path(&raw.repo.token_file),
+                token_file: raw
+                    .repo
+                    .token_file
+                    .as_ref()
+                    .map(|p| normalize(&src.base_dir.join(&p.value))),
                 ssh_key_file: opt_path(&raw.repo.ssh_key_file),
                 known_hosts_file: opt_path(&raw.repo.known_hosts_file),
                 timeout_ms,
@@ -638,6 +679,35 @@ mod tests {
             e[0].message
         );
         assert!(!e[0].message.contains(" at line "), "{}", e[0].message);
+    }
+
+    #[test]
+    fn problems_found_after_parsing_name_the_value_they_are_about() {
+        let e = parse(
+            "host: vps-01\nrepo:\n  poll: soon\nnginx:\n  http_port: 0\n  resolver: 'a;b'\n  test: []\ndashboard:\n  listen: nowhere\ndocker: { network: 'bad name' }\n",
+        )
+        .unwrap_err();
+        let at: Vec<(u32, u32, &str)> = e
+            .iter()
+            .map(|p| {
+                (
+                    p.line,
+                    p.col,
+                    p.message.split_whitespace().next().unwrap_or(""),
+                )
+            })
+            .collect();
+        assert_eq!(
+            at,
+            [
+                (3, 9, "repo.poll:"),
+                (5, 14, "nginx.http_port,"),
+                (6, 13, "nginx.resolver"),
+                (7, 9, "nginx.test"),
+                (9, 11, "dashboard.listen"),
+                (10, 20, "docker.network"),
+            ]
+        );
     }
 
     #[test]

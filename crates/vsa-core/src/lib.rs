@@ -8,6 +8,7 @@
 pub mod certs;
 pub mod config;
 pub mod docker;
+pub mod event;
 pub mod load;
 pub mod manifest;
 pub mod model;
@@ -17,6 +18,7 @@ pub mod problem;
 pub mod render;
 pub mod schema;
 pub mod span;
+pub mod steps;
 pub mod validate;
 
 mod unknown_fields;

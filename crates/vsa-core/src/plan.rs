@@ -97,6 +97,134 @@ impl Action {
     }
 }
 
+/// What a failure, a backoff or a status is about: the unit the engine
+/// applies whole. A site's vhost, htpasswd file and access log are one
+/// site; its certificate is its own (a CA that does not answer must not
+/// hold the site's files back); nginx's reload is nginx's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnitKind {
+    Site,
+    Cert,
+    Network,
+    Container,
+    Nginx,
+}
+
+impl UnitKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UnitKind::Site => "site",
+            UnitKind::Cert => "cert",
+            UnitKind::Network => "network",
+            UnitKind::Container => "container",
+            UnitKind::Nginx => "nginx",
+        }
+    }
+}
+
+/// A resource by kind and name: a network called `nginx` is not nginx.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ResourceId {
+    pub kind: UnitKind,
+    pub name: String,
+}
+
+impl ResourceId {
+    pub fn new(kind: UnitKind, name: impl Into<String>) -> ResourceId {
+        ResourceId {
+            kind,
+            name: name.into(),
+        }
+    }
+
+    pub fn site(name: impl Into<String>) -> ResourceId {
+        ResourceId::new(UnitKind::Site, name)
+    }
+
+    pub fn cert(name: impl Into<String>) -> ResourceId {
+        ResourceId::new(UnitKind::Cert, name)
+    }
+
+    pub fn container(name: impl Into<String>) -> ResourceId {
+        ResourceId::new(UnitKind::Container, name)
+    }
+
+    pub fn network(name: impl Into<String>) -> ResourceId {
+        ResourceId::new(UnitKind::Network, name)
+    }
+
+    /// nginx itself: its test and reload.
+    pub fn nginx() -> ResourceId {
+        ResourceId::new(UnitKind::Nginx, "nginx")
+    }
+
+    /// The site a site-scoped id is about (a site's own files or its
+    /// certificate).
+    pub fn site_name(&self) -> Option<&str> {
+        matches!(self.kind, UnitKind::Site | UnitKind::Cert).then_some(self.name.as_str())
+    }
+}
+
+impl std::fmt::Display for ResourceId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.kind {
+            UnitKind::Nginx => f.write_str("nginx"),
+            kind => write!(f, "{} {}", kind.as_str(), self.name),
+        }
+    }
+}
+
+/// How a container is replaced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Replace {
+    /// Nothing is in the way: create it.
+    Nothing,
+    /// This instance's container with another spec: recreate it.
+    Ours,
+    /// vsa made it for this host before containers carried
+    /// `vsa.instance`: adopt it (recreate it as this instance's).
+    Legacy,
+}
+
+/// What executing a change does. Never serialized: the JSON contract is
+/// the rest of [`Change`], and this may hold hashes and specs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Op {
+    /// A change read back from JSON: there is nothing to execute.
+    #[default]
+    None,
+    /// Write this content to the change's file (atomically).
+    WriteFile {
+        content: String,
+    },
+    /// Remove the change's file, if it is still vsa's.
+    RemoveFile,
+    /// Create the change's file empty, if it is missing (an access log).
+    CreateFile,
+    CreateNetwork,
+    /// Pull the image if missing; create (or replace) and start.
+    RunContainer {
+        spec: Box<crate::docker::ContainerSpec>,
+        replace: Replace,
+        /// A site points at it: a replaced one has a new address, which
+        /// nginx looks up again on a reload.
+        fronted: bool,
+    },
+    /// Start the stopped container (its spec is current).
+    StartContainer {
+        spec: Box<crate::docker::ContainerSpec>,
+    },
+    /// Remove the container (never its volumes).
+    RemoveContainer,
+    /// Order a certificate for these names (the site's domain first).
+    IssueCert {
+        names: Vec<String>,
+    },
+    /// Remove the certificate vsa issued.
+    DeleteCert,
+}
+
 /// One change the host needs.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Change {
@@ -109,9 +237,83 @@ pub struct Change {
     /// The file the change writes or removes, relative to its directory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file: Option<String>,
-    /// The desired content; never serialized, since it may hold hashes.
+    /// What executing it does; never serialized.
     #[serde(skip)]
-    pub content: Option<String>,
+    pub op: Op,
+}
+
+impl Change {
+    /// The unit this change belongs to.
+    pub fn resource(&self) -> ResourceId {
+        match self.kind {
+            ResourceKind::Vhost | ResourceKind::Htpasswd | ResourceKind::AccessLog => {
+                ResourceId::site(&self.name)
+            }
+            ResourceKind::Cert => ResourceId::cert(&self.name),
+            ResourceKind::Container => ResourceId::container(&self.name),
+            ResourceKind::Network => ResourceId::network(&self.name),
+        }
+    }
+
+    /// The content a file change writes.
+    pub fn content(&self) -> Option<&str> {
+        match &self.op {
+            Op::WriteFile { content } => Some(content),
+            _ => None,
+        }
+    }
+
+    /// The container spec a container change runs or starts.
+    pub fn spec(&self) -> Option<&crate::docker::ContainerSpec> {
+        match &self.op {
+            Op::RunContainer { spec, .. } | Op::StartContainer { spec } => Some(spec),
+            _ => None,
+        }
+    }
+
+    /// Whether it changes nginx's configuration (a vhost or htpasswd file).
+    pub fn touches_config(&self) -> bool {
+        matches!(self.kind, ResourceKind::Vhost | ResourceKind::Htpasswd)
+    }
+
+    /// The audit action executing it records.
+    pub fn event_kind(&self) -> crate::event::EventKind {
+        use crate::event::EventKind as E;
+        match (self.kind, &self.op) {
+            (ResourceKind::AccessLog, _) => E::AccessLogCreate,
+            (ResourceKind::Vhost, Op::RemoveFile) => E::VhostDelete,
+            (ResourceKind::Vhost, _) => E::VhostWrite,
+            (ResourceKind::Htpasswd, Op::RemoveFile) => E::HtpasswdDelete,
+            (ResourceKind::Htpasswd, _) => E::HtpasswdWrite,
+            (ResourceKind::Network, _) => E::NetworkCreate,
+            (ResourceKind::Container, Op::StartContainer { .. }) => E::ContainerStart,
+            (ResourceKind::Container, Op::RemoveContainer) => E::ContainerDelete,
+            (
+                ResourceKind::Container,
+                Op::RunContainer {
+                    replace: Replace::Legacy,
+                    ..
+                },
+            ) => E::ContainerAdopt,
+            (
+                ResourceKind::Container,
+                Op::RunContainer {
+                    replace: Replace::Ours,
+                    ..
+                },
+            ) => E::ContainerRecreate,
+            (ResourceKind::Container, _) => match self.action {
+                Action::Update => E::ContainerRecreate,
+                Action::Delete => E::ContainerDelete,
+                Action::Create => E::ContainerCreate,
+            },
+            (ResourceKind::Cert, _) => match self.action {
+                Action::Create => E::CertIssue,
+                Action::Update => E::CertRenew,
+                Action::Delete => E::CertDelete,
+            },
+        }
+    }
 }
 
 /// A file vsa found but does not own; reported, never changed.
@@ -158,6 +360,54 @@ impl Plan {
     /// Nothing to change, nothing in the way, and nginx serves what is on disk.
     pub fn in_sync(&self) -> bool {
         self.changes.is_empty() && self.conflicts.is_empty() && self.reload.is_none()
+    }
+
+    /// A digest of the whole plan but its commit: equal digests, equal
+    /// plans (what `vsactl apply` checks before executing the plan the
+    /// user confirmed).
+    pub fn fingerprint(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.host.hash(&mut h);
+        self.reload.hash(&mut h);
+        for c in &self.changes {
+            (
+                c.kind,
+                &c.name,
+                c.action,
+                &c.reason,
+                &c.diff,
+                &c.file,
+                c.content(),
+            )
+                .hash(&mut h);
+            c.spec().map(|s| s.hash()).hash(&mut h);
+        }
+        for c in &self.conflicts {
+            (c.kind, &c.name, &c.file, &c.message).hash(&mut h);
+        }
+        for u in &self.unmanaged {
+            (u.kind, &u.file).hash(&mut h);
+        }
+        h.finish()
+    }
+
+    /// A digest of what the plan asks of one resource (its changes, with
+    /// their content): when it moves, the resource's desired or observed
+    /// state changed, and a failure of it is worth trying again at once.
+    pub fn fingerprint_of(&self, id: &ResourceId) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        if id.kind == UnitKind::Nginx {
+            self.reload.hash(&mut h);
+        }
+        for c in self.changes.iter().filter(|c| c.resource() == *id) {
+            (c.kind, c.action, &c.reason, &c.diff, c.content()).hash(&mut h);
+            if let Some(spec) = c.spec() {
+                spec.hash().hash(&mut h);
+            }
+        }
+        h.finish()
     }
 
     fn finish(mut self) -> Plan {
@@ -329,7 +579,7 @@ pub fn plan(
                 reason: "missing".into(),
                 diff: None,
                 file: Some(Renderer::access_log_file(&site.domain)),
-                content: None,
+                op: Op::CreateFile,
             });
         }
     }
@@ -374,19 +624,29 @@ fn fail_closed(p: &mut Plan) {
 /// here. Certificates issued by someone else (certbot) are adopted as they
 /// are while they are valid and cover the site.
 fn cert_changes(p: &mut Plan, sites: &[&Site], observed: &Observed, renew_before_days: u32) {
-    let change = |name: &str, action, reason: String| Change {
+    let change = |name: &str, action, reason: String, op| Change {
         kind: ResourceKind::Cert,
         name: name.to_owned(),
         action,
         reason,
         diff: None,
         file: Some(format!("live/{name}")),
-        content: None,
+        op,
     };
     for site in sites.iter().filter(|s| s.tls == crate::model::Tls::Acme) {
+        let issue = || Op::IssueCert {
+            names: std::iter::once(&site.domain)
+                .chain(&site.aliases)
+                .cloned()
+                .collect(),
+        };
         let Some(c) = observed.cert_info.get(&site.domain) else {
-            p.changes
-                .push(change(&site.domain, Action::Create, "missing".into()));
+            p.changes.push(change(
+                &site.domain,
+                Action::Create,
+                "missing".into(),
+                issue(),
+            ));
             continue;
         };
         let uncovered: Vec<&str> = std::iter::once(&site.domain)
@@ -408,7 +668,8 @@ fn cert_changes(p: &mut Plan, sites: &[&Site], observed: &Observed, renew_before
             None
         };
         if let Some(reason) = reason {
-            p.changes.push(change(&site.domain, Action::Update, reason));
+            p.changes
+                .push(change(&site.domain, Action::Update, reason, issue()));
         }
     }
     for domain in &observed.vsa_certs {
@@ -416,8 +677,12 @@ fn cert_changes(p: &mut Plan, sites: &[&Site], observed: &Observed, renew_before
             .iter()
             .any(|s| s.domain == *domain && s.tls == crate::model::Tls::Acme);
         if !wanted && observed.cert_info.contains_key(domain) {
-            p.changes
-                .push(change(domain, Action::Delete, "not desired".into()));
+            p.changes.push(change(
+                domain,
+                Action::Delete,
+                "not desired".into(),
+                Op::DeleteCert,
+            ));
         }
     }
 }
@@ -452,14 +717,14 @@ fn docker_changes(
         }
         return;
     };
-    let change = |kind, name: &str, action, reason: String, diff, content| Change {
+    let change = |kind, name: &str, action, reason: String, diff, op| Change {
         kind,
         name: name.to_owned(),
         action,
         reason,
         diff,
         file: None,
-        content,
+        op,
     };
     // Ownership is per instance (DESIGN §2): only containers carrying this
     // instance's id are ours to recreate or delete; those vsa made for this
@@ -521,6 +786,11 @@ fn docker_changes(
                 String::new()
             };
             let json = spec.to_json();
+            let run = |replace| Op::RunContainer {
+                spec: Box::new(spec.clone()),
+                replace,
+                fronted: !users.is_empty(),
+            };
             match docker.containers.get(&spec.name) {
                 None => p.changes.push(change(
                     ResourceKind::Container,
@@ -528,7 +798,7 @@ fn docker_changes(
                     Action::Create,
                     format!("missing{shared}"),
                     Some(text_diff("", &json)),
-                    Some(json),
+                    run(Replace::Nothing),
                 )),
                 Some(c) if !c.managed => p.conflicts.push(Conflict {
                     kind: ResourceKind::Container,
@@ -549,7 +819,7 @@ fn docker_changes(
                         crate::docker::LABEL_INSTANCE
                     ),
                     Some(text_diff(c.spec.as_deref().unwrap_or(""), &json)),
-                    Some(json),
+                    run(Replace::Legacy),
                 )),
                 Some(c) if !ours(c) => p.conflicts.push(Conflict {
                     kind: ResourceKind::Container,
@@ -571,7 +841,7 @@ fn docker_changes(
                         Action::Update,
                         format!("spec changed: recreate{shared}"),
                         Some(text_diff(c.spec.as_deref().unwrap_or(""), &json)),
-                        Some(json),
+                        run(Replace::Ours),
                     ))
                 }
                 Some(c) if !c.running => p.changes.push(change(
@@ -580,7 +850,9 @@ fn docker_changes(
                     Action::Update,
                     format!("stopped: start{shared}"),
                     None,
-                    Some(json),
+                    Op::StartContainer {
+                        spec: Box::new(spec.clone()),
+                    },
                 )),
                 Some(_) => {}
             }
@@ -594,7 +866,7 @@ fn docker_changes(
                 Action::Create,
                 "missing".into(),
                 None,
-                None,
+                Op::CreateNetwork,
             ));
         }
     }
@@ -624,7 +896,7 @@ fn docker_changes(
                 Action::Delete,
                 "not desired (its volumes are kept)".into(),
                 c.spec.as_deref().map(|s| text_diff(s, "")),
-                None,
+                Op::RemoveContainer,
             ));
         }
     }
@@ -681,7 +953,9 @@ fn file_changes(
                 reason: "missing".into(),
                 diff: Some(diff("", content)),
                 file: Some(file.clone()),
-                content: Some(content.clone()),
+                op: Op::WriteFile {
+                    content: content.clone(),
+                },
             }),
             Some(live) if !live.managed => p.conflicts.push(Conflict {
                 kind,
@@ -699,7 +973,9 @@ fn file_changes(
                 reason: "differs".into(),
                 diff: Some(diff(&live.content, content)),
                 file: Some(file.clone()),
-                content: Some(content.clone()),
+                op: Op::WriteFile {
+                    content: content.clone(),
+                },
             }),
             Some(_) => {}
         }
@@ -727,7 +1003,7 @@ fn file_changes(
             reason: "not desired".into(),
             diff: Some(diff(&live.content, "")),
             file: Some(file.clone()),
-            content: None,
+            op: Op::RemoveFile,
         });
     }
 }

@@ -164,12 +164,12 @@ fn apply_to(o: &mut Observed, plan: &vsa_core::Plan, model: Option<&Model>) {
             }
             k => panic!("{k:?}"),
         };
-        match &c.content {
+        match c.content() {
             Some(content) => {
                 map.insert(
                     file,
                     ObservedFile {
-                        content: content.clone(),
+                        content: content.to_owned(),
                         managed: true,
                     },
                 );

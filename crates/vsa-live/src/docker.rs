@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use bollard::Docker;
+pub use bollard::Docker;
 use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
 use futures_util::StreamExt;
 
@@ -31,6 +31,31 @@ pub enum DockerError {
         argv: String,
         secs: u64,
     },
+}
+
+impl DockerError {
+    /// The engine refused the request itself (a spec it cannot run, an
+    /// image that does not exist): asking again without a change gets the
+    /// same answer. Anything else (the engine away, a timeout, a name
+    /// still in use) may pass.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            DockerError::Container { source, .. } => refused(source),
+            DockerError::Endpoint(_) => true,
+            DockerError::Connect { .. } | DockerError::Timeout { .. } => false,
+        }
+    }
+}
+
+/// A 400 (bad request) or 404 (no such image) from the engine.
+fn refused(e: &bollard::errors::Error) -> bool {
+    matches!(
+        e,
+        bollard::errors::Error::DockerResponseServerError {
+            status_code: 400 | 404,
+            ..
+        }
+    )
 }
 
 /// Seconds bollard waits for one API call.
@@ -233,6 +258,10 @@ pub async fn create_network(docker: &Docker, name: &str) -> Result<(), DockerErr
 pub struct ImageError {
     pub image: String,
     pub reason: String,
+    /// The registry answered that there is no such image (or tag): only a
+    /// change of the manifest helps. Otherwise (no registry reachable) it
+    /// may pass.
+    pub missing: bool,
 }
 
 /// Makes sure `image` is on the host: pulls it when it is not (and a
@@ -255,6 +284,7 @@ pub async fn ensure_image(docker: &Docker, image: &str, progress: bool) -> Resul
             Err(e) => {
                 return Err(ImageError {
                     image: image.to_owned(),
+                    missing: refused(&e),
                     reason: e.to_string(),
                 });
             }
@@ -283,6 +313,7 @@ pub async fn ensure_image(docker: &Docker, image: &str, progress: bool) -> Resul
         .map(|_| ())
         .map_err(|e| ImageError {
             image: image.to_owned(),
+            missing: refused(&e),
             reason: e.to_string(),
         })
 }

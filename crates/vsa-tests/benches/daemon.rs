@@ -10,14 +10,17 @@
 //! - resident memory (VmRSS, VmHWM) once converged and idle with 1,000
 //!   sites;
 //! - CPU time per idle minute with the default 60 s poll and with a 1 s
-//!   poll (`VSA_BENCH_IDLE_SECS` shortens the 60 s window).
+//!   poll (`VSA_BENCH_IDLE_SECS` shortens the 60 s window);
+//! - how long `/healthz` takes to answer, probed every 50 ms, while vsad
+//!   converges 1,000 sites from empty (`VSA_BENCH_ONLY=healthz` runs only
+//!   that).
 
 use std::time::{Duration, Instant};
 
 use hmac::{KeyInit, Mac};
 use vsa_tests::daemon::{Remote, Vsad};
 use vsa_tests::host::Host;
-use vsa_tests::{Upstream, free_port, http_get, http_request, require};
+use vsa_tests::{Upstream, http_get, http_request, require};
 
 const PUSHES: usize = 5;
 
@@ -52,8 +55,21 @@ fn main() {
         .unwrap_or(60);
     let up = Upstream::start("app");
 
+    let only = std::env::var("VSA_BENCH_ONLY").ok();
+    if only.as_deref().is_none_or(|o| o == "healthz") {
+        let (probes, converge) = healthz_during_converge(&bin, &vsad, &up, 1000);
+        println!(
+            "vsad /healthz while converging 1,000 sites from empty ({:.1} s, {} probes every 50 ms): {}",
+            converge.as_secs_f64(),
+            probes.len(),
+            summary(probes)
+        );
+        if only.is_some() {
+            return;
+        }
+    }
     // VSA_BENCH_ONLY=idle skips the latency runs.
-    if std::env::var("VSA_BENCH_ONLY").as_deref() != Ok("idle") {
+    if only.as_deref() != Some("idle") {
         let poll = latency(&bin, &vsad, &up, false);
         let hook = latency(&bin, &vsad, &up, true);
         println!("vsad push → served, real nginx, {PUSHES} pushes each:");
@@ -96,7 +112,7 @@ fn latency(
     remote.push("first");
     let secret = "bench-secret";
     std::fs::write(h.root.join("webhook.secret"), secret).unwrap();
-    let port = free_port();
+    let port = 0;
     h.configure(&format!(
         "repo:\n  path: clone\n  url: {}\n  poll: {}\n  webhook_secret_file: webhook.secret\ndashboard:\n  listen: 127.0.0.1:{port}\n",
         remote.url(),
@@ -120,7 +136,7 @@ fn latency(
                 .map(|b| format!("{b:02x}"))
                 .collect();
             let r = http_request(
-                port,
+                d.port,
                 "POST",
                 "localhost",
                 "/hooks/git",
@@ -161,7 +177,7 @@ fn idle(
         remote.site(&format!("site{i}.vsa.test"), up);
     }
     remote.push("sites");
-    let port = free_port();
+    let port = 0;
     h.configure(&format!(
         "repo:\n  path: clone\n  url: {}\n  poll: {poll}\ndashboard:\n  listen: 127.0.0.1:{port}\n",
         remote.url()
@@ -213,6 +229,47 @@ fn idle(
     (rss, hwm, cpu)
 }
 
+/// `/healthz`'s answer time, probed every 50 ms from vsad's start until
+/// it has converged `n` sites from empty; and how long converging took.
+fn healthz_during_converge(
+    bin: &std::path::Path,
+    vsad: &std::path::Path,
+    up: &Upstream,
+    n: usize,
+) -> (Vec<Duration>, Duration) {
+    let mut h = Host::new(bin.to_owned());
+    h.start();
+    let remote = Remote::new(&h.root);
+    for i in 0..n {
+        remote.site(&format!("site{i}.vsa.test"), up);
+    }
+    remote.push("sites");
+    h.configure(&format!(
+        "repo:\n  path: clone\n  url: {}\n  poll: 60s\ndashboard:\n  listen: 127.0.0.1:0\n",
+        remote.url()
+    ));
+    let started = Instant::now();
+    let d = Vsad::spawn_with(&h, 0, &[], Some(vsad));
+    let mut probes = Vec::new();
+    loop {
+        let t = Instant::now();
+        let r = http_get(d.port, "localhost", "/healthz", &[]);
+        probes.push(t.elapsed());
+        assert_eq!(r.status, 200, "{r:?}");
+        // The status read is not timed: only /healthz is the probe.
+        if d.status().is_some_and(|s| s["in_sync"] == true) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "not converged in 2 min:\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(50).saturating_sub(t.elapsed()));
+    }
+    (probes, started.elapsed())
+}
+
 /// utime + stime of a process, in seconds.
 fn cpu_secs(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
@@ -225,10 +282,12 @@ fn cpu_secs(pid: u32) -> f64 {
 fn summary(mut d: Vec<Duration>) -> String {
     d.sort();
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let p99 = d[(d.len() * 99 / 100).min(d.len() - 1)];
     format!(
-        "median {:6.0} ms  min {:6.0} ms  max {:6.0} ms",
+        "median {:6.1} ms  min {:6.1} ms  p99 {:6.1} ms  max {:6.1} ms",
         ms(d[d.len() / 2]),
         ms(d[0]),
+        ms(p99),
         ms(d[d.len() - 1])
     )
 }

@@ -32,7 +32,9 @@ impl Vsad {
         Vsad::start_with_env(h, port, &[])
     }
 
-    /// Starts vsad with extra environment variables.
+    /// Starts vsad with extra environment variables. With `port` 0 (the
+    /// config says `dashboard.listen: 127.0.0.1:0`), the port vsad bound
+    /// is read off its log.
     pub fn start_with_env(h: &Host, port: u16, envs: &[(&str, &str)]) -> Vsad {
         Vsad::start_with(h, port, envs, None)
     }
@@ -101,8 +103,27 @@ impl Vsad {
             port,
             log,
         };
+        if port == 0 {
+            // `dashboard.listen: 127.0.0.1:0`: the kernel picks the port,
+            // vsad says which (no race for a free port between tests).
+            d.wait("the API's address", Duration::from_secs(20), |d| {
+                d.bound_port().is_some()
+            });
+            d.port = d.bound_port().unwrap();
+        }
         d.wait("the API", Duration::from_secs(20), |d| d.status().is_some());
         d
+    }
+
+    /// The port vsad's log says it serves the API on.
+    fn bound_port(&self) -> Option<u16> {
+        self.log().lines().find_map(|l| {
+            let v: serde_json::Value =
+                serde_json::from_str(l.trim_start_matches("test child_vsad ... ")).ok()?;
+            (v["message"] == "serving the API")
+                .then(|| v["listen"].as_str()?.rsplit_once(':')?.1.parse().ok())
+                .flatten()
+        })
     }
 
     pub fn get_json(&self, path: &str) -> Option<serde_json::Value> {

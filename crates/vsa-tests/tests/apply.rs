@@ -414,3 +414,104 @@ fn one_apply_at_a_time_and_no_apply_without_consent() {
     drop(lock);
     assert_eq!(h.vsactl(&["apply", "--yes"]), ExitCode::SUCCESS);
 }
+
+/// `vsactl apply` on a terminal executes exactly the plan the user
+/// confirmed: when the host changes between the answer and the first pass
+/// (here a hand edit of the vhost while the prompt waits), it says so,
+/// shows the plan as it is now, and asks again; nothing was done in
+/// between.
+#[test]
+fn apply_asks_again_when_the_host_changed_after_the_plan_was_shown() {
+    use std::io::{Read, Write};
+    use std::process::{Command, Stdio};
+    use std::sync::{Arc, Mutex};
+    let Some(bin) = nginx() else { return };
+    let Some(script) = require("script", "to give vsactl a terminal to confirm on") else {
+        return;
+    };
+    let up = Upstream::start("app");
+    let mut h = Host::new(bin);
+    h.url_site("a.vsa.test", &up);
+    h.start();
+
+    // The interactive apply, on a pseudo-terminal (`script`).
+    let exe = std::env::current_exe().unwrap();
+    let cmd = format!(
+        "{} --exact child_vsactl --ignored --nocapture --test-threads 1",
+        exe.display()
+    );
+    let mut child = Command::new(script)
+        .args(["-qefc", &cmd, "/dev/null"])
+        .env("VSA_CHILD_ARGS", "apply")
+        .env("VSA_CHILD_CONFIG", &h.config_file)
+        .env("VSA_ROOT", &h.root)
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let seen = Arc::new(Mutex::new(String::new()));
+    let reader = {
+        let seen = seen.clone();
+        let mut out = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = out.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                seen.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        })
+    };
+    // Waits for the n-th prompt, as the user does.
+    let prompt = |n: usize| {
+        let start = std::time::Instant::now();
+        while seen.lock().unwrap().matches("[y/N]").count() < n {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "no prompt {n}: {}",
+                seen.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let mut stdin = child.stdin.take().unwrap();
+    prompt(1);
+    assert!(
+        seen.lock().unwrap().contains("create vhost"),
+        "{}",
+        seen.lock().unwrap()
+    );
+
+    // Meanwhile, someone writes the site's vhost by hand (as vsa's).
+    let vhost = h.path("etc/nginx/conf.d/a.vsa.test.conf");
+    let by_hand = "# managed-by: vsa\n# written by hand\n";
+    std::fs::write(&vhost, by_hand).unwrap();
+    stdin.write_all(b"y\n").unwrap();
+    prompt(2);
+    {
+        let text = seen.lock().unwrap();
+        assert!(
+            text.contains("The host changed since you confirmed the plan"),
+            "{text}"
+        );
+        assert!(text.contains("update vhost"), "{text}");
+    }
+    // Nothing was done on the first answer.
+    assert_eq!(std::fs::read_to_string(&vhost).unwrap(), by_hand);
+    assert!(h.audit_lines().is_empty());
+
+    stdin.write_all(b"y\n").unwrap();
+    let status = child.wait().unwrap();
+    reader.join().unwrap();
+    assert!(status.success(), "{}", seen.lock().unwrap());
+    assert!(seen.lock().unwrap().contains("Converged"));
+    assert_eq!(
+        http_get_until(h.http_port, "a.vsa.test", "/", &[], |r| r.status == 200).status,
+        200
+    );
+}

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use hmac::{KeyInit, Mac};
 use vsa_tests::daemon::{Remote, Vsad};
 use vsa_tests::host::Host;
-use vsa_tests::{Upstream, free_port, http_get, http_get_until, http_request, require};
+use vsa_tests::{Upstream, http_get, http_get_until, http_request, require};
 
 vsa_tests::child_entry_points!();
 
@@ -23,7 +23,7 @@ fn nginx() -> Option<PathBuf> {
 /// first commit.
 fn following_host(repo_extra: &str) -> Option<(Host, Upstream, Remote, u16, String)> {
     let (h, up, remote, first) = vsa_tests::daemon::host_with_a_site()?;
-    let port = free_port();
+    let port = 0;
     h.configure(&format!(
         "repo:\n  path: clone\n  url: {}\n{repo_extra}dashboard:\n  listen: 127.0.0.1:{port}\n",
         remote.url()
@@ -87,7 +87,7 @@ fn a_push_is_served_within_seconds_and_a_bad_commit_is_refused() {
             .any(|e| e["action"] == "commit.refuse" && e["commit"] == bad.as_str())
     );
     // /metrics counts it.
-    let metrics = http_get(port, "localhost", "/metrics", &[]).body;
+    let metrics = http_get(d.port, "localhost", "/metrics", &[]).body;
     assert!(
         metrics.contains("vsa_apply_errors_total{kind=\"commit\"} 1"),
         "{metrics}"
@@ -120,6 +120,7 @@ fn a_signed_webhook_fetches_at_once_and_an_unsigned_one_changes_nothing() {
     let secret = "s3cret-for-tests";
     std::fs::write(h.root.join("webhook.secret"), format!("{secret}\n")).unwrap();
     let mut d = Vsad::start(&h, port);
+    let api = d.port;
     assert!(served_soon(&h, "a.vsa.test"));
 
     remote.site("b.vsa.test", &up);
@@ -134,7 +135,7 @@ fn a_signed_webhook_fetches_at_once_and_an_unsigned_one_changes_nothing() {
     };
     let post = |headers: &[(&str, &str)]| {
         http_request(
-            port,
+            api,
             "POST",
             "localhost",
             "/hooks/git",
@@ -185,7 +186,7 @@ fn drift_is_repaired_in_apply_mode_and_the_working_copy_is_followed() {
     std::fs::create_dir_all(&live).unwrap();
     std::fs::write(live.join("fullchain.pem"), cert.pem()).unwrap();
     std::fs::write(live.join("privkey.pem"), key.serialize_pem()).unwrap();
-    let port = free_port();
+    let port = 0;
     h.configure(&format!(
         "repo:\n  path: repo\ndashboard:\n  listen: 127.0.0.1:{port}\n"
     ));
@@ -194,7 +195,7 @@ fn drift_is_repaired_in_apply_mode_and_the_working_copy_is_followed() {
     let certs = d.get_json("/api/certs").unwrap();
     assert_eq!(certs[0]["domain"], "a.vsa.test");
     assert_eq!(certs[0]["key_matches"], true);
-    let metrics = http_get(port, "localhost", "/metrics", &[]).body;
+    let metrics = http_get(d.port, "localhost", "/metrics", &[]).body;
     assert!(
         metrics.contains(&format!(
             "vsa_cert_expiry_timestamp_seconds{{domain=\"a.vsa.test\"}} {}",
@@ -242,7 +243,7 @@ fn drift_is_only_reported_in_report_mode() {
         h.vsactl(&["apply", "--yes"]),
         std::process::ExitCode::SUCCESS
     );
-    let port = free_port();
+    let port = 0;
     h.configure(&format!(
         "repo:\n  path: repo\nmode: report\ndashboard:\n  listen: 127.0.0.1:{port}\n"
     ));
@@ -347,7 +348,7 @@ fn systemd_hears_ready_watchdog_and_stopping() {
     let Some(bin) = nginx() else { return };
     let mut h = Host::new(bin);
     h.start();
-    let port = free_port();
+    let port = 0;
     h.configure(&format!(
         "repo:\n  path: repo\ndashboard:\n  listen: 127.0.0.1:{port}\n"
     ));
@@ -435,7 +436,7 @@ fn a_stopped_managed_container_is_started_again_within_seconds() {
         ),
     )
     .unwrap();
-    let port = free_port();
+    let port = 0;
     h.configure(&format!(
         "repo:\n  path: repo\ndocker:\n  network: {net}\ndashboard:\n  listen: 127.0.0.1:{port}\n"
     ));
@@ -534,7 +535,7 @@ fn idle_and_slow_connections_cannot_starve_the_daemon() {
     let mut h = Host::new(bin);
     h.start();
     h.url_site("a.vsa.test", &up);
-    let port = free_port();
+    let port = 0;
     h.configure(&format!(
         "repo:\n  path: repo\ndashboard:\n  listen: 127.0.0.1:{port}\n"
     ));
@@ -543,7 +544,7 @@ fn idle_and_slow_connections_cannot_starve_the_daemon() {
     // 300 connections: half idle, half sending a request's headers slowly.
     let mut held = Vec::new();
     for i in 0..300 {
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", d.port)).unwrap();
         if i % 2 == 0 {
             let _ = s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n");
         }
@@ -582,7 +583,7 @@ fn idle_and_slow_connections_cannot_starve_the_daemon() {
     }
     drop(held);
     // And the daemon answers as before.
-    assert_eq!(http_get(port, "localhost", "/healthz", &[]).status, 200);
+    assert_eq!(http_get(d.port, "localhost", "/healthz", &[]).status, 200);
     let (status, _) = d.terminate();
     assert!(status.success(), "{}", d.log());
 }
@@ -605,7 +606,7 @@ fn a_reload_that_does_not_take_is_the_daemons_last_error_until_it_does() {
     let mut h = Host::new(bin);
     h.start();
     h.url_site("a.vsa.test", &up);
-    let port = free_port();
+    let port = 0;
     h.configure(&format!(
         "repo:\n  path: repo\ndashboard:\n  listen: 127.0.0.1:{port}\n"
     ));
@@ -646,4 +647,87 @@ fn a_reload_that_does_not_take_is_the_daemons_last_error_until_it_does() {
     assert_eq!(http_get(site_port, "a.vsa.test", "/", &[]).status, 200);
     let (status, _) = d.terminate();
     assert!(status.success(), "{}", d.log());
+}
+
+/// The error policy, end to end: a site nginx rejects is a permanent
+/// failure. Left failing for over a minute (the old exponential backoff
+/// would then hold it for another), it is not retried while nothing about
+/// it changes, however often the daemon reconciles, and is audited once per
+/// change; the commit that fixes it is served at once.
+#[test]
+fn a_rejected_site_waits_for_a_change_and_its_fix_is_served_at_once() {
+    let Some(bin) = nginx() else { return };
+    let up = Upstream::start("app");
+    let mut h = Host::new(bin);
+    h.start();
+    h.url_site("a.vsa.test", &up);
+    h.site(
+        "bad.vsa.test",
+        "upstream: { url: \"http://nope.invalid:8080\" }\n",
+    );
+    let port = 0;
+    h.configure(&format!(
+        "repo:\n  path: repo\ndashboard:\n  listen: 127.0.0.1:{port}\n"
+    ));
+    let isolations = |h: &Host| {
+        h.audit_lines()
+            .iter()
+            .filter(|e| e["action"] == "site.isolate" && e["target"] == "bad.vsa.test")
+            .count()
+    };
+    let mut d = Vsad::start(&h, port);
+    assert_eq!(isolations(&h), 1, "{}", d.log());
+    let status = d.status().unwrap();
+    assert!(
+        status["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("bad.vsa.test") && e.contains("host not found")),
+        "{status}"
+    );
+    assert_eq!(http_get(h.http_port, "a.vsa.test", "/", &[]).status, 200);
+
+    // Over a minute of failure, with the daemon reconciling all along:
+    // every few seconds a hand edit of a's vhost, which it repairs.
+    let vhost = h.path("etc/nginx/conf.d/a.vsa.test.conf");
+    let good = std::fs::read_to_string(&vhost).unwrap();
+    let failing_since = Instant::now();
+    let mut repairs = 0;
+    while failing_since.elapsed() < Duration::from_secs(65) {
+        std::fs::write(&vhost, format!("{good}# edited by hand\n")).unwrap();
+        d.wait("the vhost repaired", Duration::from_secs(10), |_| {
+            std::fs::read_to_string(&vhost).unwrap() == good
+        });
+        repairs += 1;
+        std::thread::sleep(Duration::from_secs(4));
+    }
+    assert!(repairs >= 10, "{repairs} repairs");
+    assert_eq!(isolations(&h), 1, "retried without a change:\n{}", d.log());
+
+    // A change that is still broken: tried (and audited) once more.
+    h.site(
+        "bad.vsa.test",
+        "upstream: { url: \"http://still-nope.invalid:8080\" }\n",
+    );
+    d.wait("the change tried", Duration::from_secs(10), |_| {
+        isolations(&h) == 2
+    });
+    std::fs::write(&vhost, format!("{good}# edited by hand\n")).unwrap();
+    d.wait("the vhost repaired", Duration::from_secs(10), |_| {
+        std::fs::read_to_string(&vhost).unwrap() == good
+    });
+    assert_eq!(isolations(&h), 2);
+
+    // The fix: served at once, not after the broken version's backoff.
+    let fixed = Instant::now();
+    h.url_site("bad.vsa.test", &up);
+    d.wait("bad.vsa.test in sync", Duration::from_secs(10), |d| {
+        d.status().is_some_and(|s| s["in_sync"] == true)
+    });
+    eprintln!(
+        "fix to in sync after minutes of failure: {:?}",
+        fixed.elapsed()
+    );
+    assert_eq!(http_get(h.http_port, "bad.vsa.test", "/", &[]).status, 200);
+    assert!(d.status().unwrap()["last_error"].is_null());
+    assert_eq!(isolations(&h), 2);
 }

@@ -62,7 +62,7 @@ fn write_planned_files(h: &Host) -> usize {
         let file = dir.join(c.file.as_ref().unwrap());
         match c.action {
             Action::Delete => std::fs::remove_file(file).unwrap(),
-            _ => std::fs::write(file, c.content.as_deref().unwrap_or("")).unwrap(),
+            _ => std::fs::write(file, c.content().unwrap_or("")).unwrap(),
         }
         n += 1;
     }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use vsa_tests::daemon::{Remote, Vsad, host_with_a_site};
 use vsa_tests::git_servers::{HttpsGitServer, SshGitServer};
 use vsa_tests::host::Host;
-use vsa_tests::{Upstream, free_port, http_get, http_get_until, require};
+use vsa_tests::{Upstream, http_get, http_get_until, require};
 
 vsa_tests::child_entry_points!();
 
@@ -160,7 +160,7 @@ fn https_case(token: &str) -> Option<HttpsCase> {
     let server = HttpsGitServer::start(&h.root, TOKEN)?;
     let token_file = h.path("git.token");
     write(&token_file, &format!("{token}\n"));
-    let port = free_port();
+    let port = 0;
     let url = server.url(&remote.bare);
     follow(&h, port, &url, "  token_file: git.token\n");
     Some(HttpsCase {
@@ -398,7 +398,7 @@ fn ssh_with_the_right_key_and_a_known_host_key_clones_and_follows_pushes() {
         &h.path("known_hosts"),
         &format!("# the git server\n{}\n", server.known_hosts_line),
     );
-    let port = free_port();
+    let port = 0;
     follow(
         &h,
         port,
@@ -441,7 +441,7 @@ fn ssh_with_an_unknown_or_changed_host_key_is_refused_before_logging_in() {
     let Some(server) = SshGitServer::start() else {
         return;
     };
-    let port = free_port();
+    let port = 0;
     let url = server.url(&remote.bare);
     let key = format!("  ssh_key_file: {}\n", server.client_key.display());
     let name = format!("[127.0.0.1]:{}", server.port);
@@ -531,7 +531,7 @@ fn ssh_with_a_key_the_server_does_not_authorize_applies_nothing() {
         &format!("{}\n", server.known_hosts_line),
     );
     let key = server.unauthorized_key();
-    let port = free_port();
+    let port = 0;
     let url = server.url(&remote.bare);
     follow(
         &h,
@@ -624,7 +624,7 @@ fn a_remote_that_goes_quiet_times_out_and_the_daemon_stays_responsive() {
             "no result within 4 s",
         ),
     ] {
-        let port = free_port();
+        let port = 0;
         follow(&h, port, &url, "  timeout: 1s\n");
         let mut d = vsad(&h, port, None, false);
         fetch_failure(&mut d, needle);
@@ -652,7 +652,7 @@ fn a_lock_file_left_by_a_killed_fetch_is_cleared_at_start() {
     let Some((h, up, remote, _)) = host_with_a_site() else {
         return;
     };
-    let port = free_port();
+    let port = 0;
     follow(&h, port, &remote.url(), "");
     let mut d = vsad(&h, port, None, true);
     d.terminate();

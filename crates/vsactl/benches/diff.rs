@@ -82,7 +82,7 @@ fn fixture(n: usize) -> Fixture {
         std::fs::create_dir_all(dir).unwrap();
         std::fs::write(
             dir.join(c.file.as_ref().unwrap()),
-            c.content.as_deref().unwrap_or(""),
+            c.content().unwrap_or(""),
         )
         .unwrap();
     }

@@ -47,16 +47,17 @@ struct AcmeFailure {
     next_attempt: String,
 }
 
-/// The ACME failures recorded in the state store (none without a store).
+/// The ACME failures recorded in the state store (none without a store),
+/// read-only like `diff` and `status`: `certs` changes nothing, not even
+/// the database's schema.
 fn acme_failures(state: &std::path::Path, host: &str) -> Result<Vec<AcmeFailure>> {
-    if !state.join(vsa_store::DB_FILE).exists() {
-        return Ok(Vec::new());
-    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     rt.block_on(async {
-        let store = vsa_store::Store::open(state).await?;
+        let Some(store) = vsa_store::Store::open_read_only(state).await? else {
+            return Ok(Vec::new());
+        };
         let list = store.acme_backoffs(host).await?;
         store.close().await;
         Ok(list

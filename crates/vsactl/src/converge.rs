@@ -10,11 +10,10 @@ use anstream::{eprintln, print, println};
 use anstyle::{AnsiColor, Style};
 use anyhow::{Context as _, Result};
 use serde::Serialize;
-use vsa_core::plan::{Action, Plan, ResourceKind};
-use vsa_core::render::RenderSettings;
-use vsa_core::{Model, Renderer};
-use vsa_engine::apply::{ApplyOptions, Ctx};
-use vsa_store::{AuditLog, Store};
+use vsa_core::Model;
+use vsa_core::plan::{Plan, ResourceKind};
+use vsa_engine::apply::ApplyOptions;
+use vsa_store::Store;
 
 use crate::cli::Format;
 use crate::context::{Context, Env};
@@ -71,82 +70,92 @@ fn print_plan(plan: &Plan, format: Format) -> Result<()> {
     Ok(())
 }
 
-/// The steps `apply` would execute for a plan, as `--dry-run` shows them.
-fn steps(ctx: &Context, plan: &Plan) -> Vec<String> {
+/// The steps `apply` would execute for a plan, as `--dry-run` shows them:
+/// the engine's own steps ([`vsa_core::steps`]), each with its audit
+/// action, its target and what it does on this host.
+fn steps(ctx: &Context, plan: &Plan) -> Vec<DryStep> {
+    use vsa_core::plan::Op;
+    use vsa_core::steps::Step;
     let p = &ctx.config.paths;
     let mut out = Vec::new();
-    let mut config_changes = false;
-    for c in &plan.changes {
-        let image = || {
-            c.content
-                .as_deref()
-                .and_then(|j| serde_json::from_str::<vsa_core::docker::ContainerSpec>(j).ok())
-                .map(|s| s.image)
-                .unwrap_or_default()
+    for step in vsa_core::steps::steps(plan).flat() {
+        let action = step.event_kind().as_str();
+        let target = step.target().to_owned();
+        let c = match step {
+            Step::TestAndReload => {
+                out.push(DryStep {
+                    action,
+                    target,
+                    does: vec![
+                        format!("run    {}", ctx.config.nginx.test.join(" ")),
+                        format!("run    {}", ctx.config.nginx.reload.join(" ")),
+                        format!(
+                            "wait   until nginx serves the new configuration (vsa's probe on port {}, at most {} s)",
+                            ctx.config.nginx.probe_port,
+                            vsa_live::nginx::SERVE_TIMEOUT.as_secs()
+                        ),
+                    ],
+                });
+                continue;
+            }
+            Step::Change(c) => c,
         };
         let live = p.letsencrypt.join("live").join(&c.name);
-        let docker_or_cert = match (c.kind, c.action) {
-            (ResourceKind::Network, _) => Some(format!("create network {}", c.name)),
-            (ResourceKind::Container, Action::Create) => Some(format!(
-                "pull   {} (if missing); create and start container {}",
-                image(),
-                c.name
-            )),
-            (ResourceKind::Container, Action::Update) if c.reason.starts_with("stopped") => {
-                Some(format!("start  container {}", c.name))
-            }
-            (ResourceKind::Container, Action::Update) => Some(format!(
-                "pull   {} (if missing); recreate container {}",
-                image(),
-                c.name
-            )),
-            (ResourceKind::Container, Action::Delete) => {
-                Some(format!("remove container {} (volumes kept)", c.name))
-            }
-            (ResourceKind::Cert, Action::Delete) => Some(format!("delete {}", live.display())),
-            (ResourceKind::Cert, _) => Some(format!(
-                "order  a certificate for {} from {} (HTTP-01 via {}); write {}/privkey.pem (0600) and fullchain.pem",
-                c.name,
-                ctx.config.acme.directory,
-                p.webroot.display(),
-                live.display()
-            )),
-            _ => None,
-        };
-        if let Some(step) = docker_or_cert {
-            out.push(step);
-            continue;
-        }
         let file = c.file.as_deref().unwrap_or(&c.name);
         let (dir, mode) = vsa_engine::apply::file_target(p, c.kind)
             .map_or((p.state.as_path(), String::new()), |(d, m)| {
                 (d, format!("{m:04o}"))
             });
         let path = dir.join(file);
-        config_changes |= matches!(c.kind, ResourceKind::Vhost | ResourceKind::Htpasswd);
-        out.push(match (c.kind, c.action) {
-            (ResourceKind::AccessLog, _) => {
-                format!("create {} (empty, mode {mode})", path.display())
+        let does = match &c.op {
+            Op::CreateNetwork => format!("create network {}", c.name),
+            Op::RunContainer { spec, replace, .. } => {
+                let verb = match replace {
+                    vsa_core::plan::Replace::Nothing => "create and start",
+                    _ => "recreate",
+                };
+                format!(
+                    "pull   {} (if missing); {verb} container {}",
+                    spec.image, c.name
+                )
             }
-            (_, Action::Delete) => format!("delete {}", path.display()),
-            (ResourceKind::Htpasswd, _) => format!(
+            Op::StartContainer { .. } => format!("start  container {}", c.name),
+            Op::RemoveContainer => format!("remove container {} (volumes kept)", c.name),
+            Op::DeleteCert => format!("delete {}", live.display()),
+            Op::IssueCert { names } => format!(
+                "order  a certificate for {} from {} (HTTP-01 via {}); write {}/privkey.pem (0600) and fullchain.pem",
+                names.join(" "),
+                ctx.config.acme.directory,
+                p.webroot.display(),
+                live.display()
+            ),
+            Op::CreateFile => format!("create {} (empty, mode {mode})", path.display()),
+            Op::RemoveFile => format!("delete {}", path.display()),
+            Op::WriteFile { .. } if c.kind == ResourceKind::Htpasswd => format!(
                 "write  {} (mode {mode}, group {})",
                 path.display(),
                 ctx.config.nginx.group
             ),
-            _ => format!("write  {} (mode {mode})", path.display()),
+            Op::WriteFile { .. } => format!("write  {} (mode {mode})", path.display()),
+            Op::None => "nothing (no operation)".to_owned(),
+        };
+        out.push(DryStep {
+            action,
+            target,
+            does: vec![does],
         });
     }
-    if config_changes || plan.reload.is_some() {
-        out.push(format!("run    {}", ctx.config.nginx.test.join(" ")));
-        out.push(format!("run    {}", ctx.config.nginx.reload.join(" ")));
-        out.push(format!(
-            "wait   until nginx serves the new configuration (vsa's probe on port {}, at most {} s)",
-            ctx.config.nginx.probe_port,
-            vsa_live::nginx::SERVE_TIMEOUT.as_secs()
-        ));
-    }
     out
+}
+
+/// One step of a dry run.
+#[derive(Serialize)]
+struct DryStep {
+    /// The audit action the apply records for it.
+    action: &'static str,
+    target: String,
+    /// What it does, line by line.
+    does: Vec<String>,
 }
 
 fn confirm(host: &str, n: usize) -> Result<bool> {
@@ -182,11 +191,19 @@ pub fn apply(
     if dry_run {
         let observed = pipeline::observe_blocking(&ctx.config, &model, &host)?;
         let plan = pipeline::plan_with(&ctx.config, &model, &host, &observed, commit)?;
+        let steps = steps(&ctx, &plan);
+        if format == Format::Json {
+            // The plan (contract) with the steps it would take.
+            let mut value = serde_json::to_value(&plan)?;
+            value["steps"] = serde_json::to_value(&steps)?;
+            println!("{}", serde_json::to_string_pretty(&value)?);
+            return Ok(ExitCode::SUCCESS);
+        }
         print_plan(&plan, format)?;
-        if format == Format::Text && (!plan.changes.is_empty() || plan.reload.is_some()) {
+        if format == Format::Text && !steps.is_empty() {
             println!("\nWould execute (dry run: nothing was written, reloaded or started):");
-            for s in steps(&ctx, &plan) {
-                println!("  {s}");
+            for line in steps.iter().flat_map(|s| &s.does) {
+                println!("  {line}");
             }
         }
         return Ok(ExitCode::SUCCESS);
@@ -216,34 +233,48 @@ pub fn apply(
         return Ok(ExitCode::from(2));
     }
 
-    let renderer =
-        Renderer::new(RenderSettings::from(&ctx.config)).with_threads(pipeline::threads());
-    let nginx = vsa_live::nginx::NginxControl::from_config(&ctx.config);
     let actor = format!("cli:{}", env.user.as_deref().unwrap_or("unknown"));
+    let config = std::sync::Arc::new(ctx.config.clone());
     let rt = runtime()?;
     let report = rt.block_on(async {
-        let store = Store::open(&ctx.config.paths.state).await?;
-        let mut audit = AuditLog::open(&ctx.config.paths.audit_log, &actor, &host)?;
-        store.catch_up(&audit).await?;
-        let mut cx = Ctx {
-            config: &ctx.config,
-            model: &model,
-            host: &host,
-            commit,
-            renderer: &renderer,
-            nginx: &nginx,
-            audit: &mut audit,
-            store: Some(&store),
-            options: ApplyOptions {
+        let engine = vsa_engine::Engine::open(config, host.clone(), actor).await?;
+        // Exactly the plan the user confirmed (terraform's saved-plan
+        // guarantee): if the host changed meanwhile, show it and ask again.
+        let mut confirmed = (!yes).then(|| plan.fingerprint());
+        let result = loop {
+            let options = ApplyOptions {
                 abort_after_writes: env.abort_after_writes,
                 progress: std::io::stderr().is_terminal(),
+                expect: confirmed,
                 ..ApplyOptions::default()
-            },
+            };
+            match engine.apply(&model, commit.clone(), options).await {
+                Err(vsa_engine::apply::ApplyError::PlanChanged(now)) => {
+                    eprintln!(
+                        "{WARN}The host changed since you confirmed the plan;{WARN:#} nothing was applied. The plan now:"
+                    );
+                    print_plan(&now, format)?;
+                    if now.changes.is_empty() && now.reload.is_none() {
+                        eprintln!("Nothing to apply any more.");
+                        let code = if now.conflicts.is_empty() { 0 } else { 1 };
+                        break Ok(Err(ExitCode::from(code)));
+                    }
+                    if !confirm(&host, now.changes.len().max(1))? {
+                        eprintln!("Nothing applied.");
+                        break Ok(Err(ExitCode::from(2)));
+                    }
+                    confirmed = Some(now.fingerprint());
+                }
+                other => break other.map(Ok),
+            }
         };
-        let r = vsa_engine::apply(&mut cx).await;
-        store.close().await;
-        anyhow::Ok(r?)
+        engine.close().await;
+        anyhow::Ok(result?)
     })?;
+    let report = match report {
+        Ok(report) => report,
+        Err(code) => return Ok(code),
+    };
 
     for e in &report.executed {
         let style = if e.outcome == vsa_store::Outcome::Ok {
@@ -269,7 +300,7 @@ pub fn apply(
         return Ok(ExitCode::SUCCESS);
     }
     for f in &report.failures {
-        eprintln!("{ERR}failed:{ERR:#} {}: {}", f.name, f.error);
+        eprintln!("{ERR}failed:{ERR:#} {}: {}", f.id.name, f.error);
     }
     if let Some(p) = remaining {
         for c in &p.conflicts {
@@ -289,6 +320,17 @@ pub fn apply(
         report.reloads
     );
     Ok(ExitCode::from(1))
+}
+
+/// How `vsactl status` has always named the states: a blocked site is a
+/// failed one.
+fn cli_label(s: vsa_engine::snapshot::SiteState) -> &'static str {
+    use vsa_engine::snapshot::SiteState;
+    match s {
+        SiteState::InSync => "in sync",
+        SiteState::Blocked => SiteState::Failed.as_str(),
+        other => other.as_str(),
+    }
 }
 
 #[derive(Serialize)]
@@ -347,48 +389,19 @@ pub fn status(global: &crate::cli::Global, env: &Env, format: Format) -> Result<
         (BTreeMap::new(), BTreeMap::new())
     };
     let last_commit = facts.get("last_applied_commit").cloned();
-    let mut sites = Vec::new();
-    for site in model.sites_for(&host) {
-        let changes: Vec<_> = plan
-            .changes
-            .iter()
-            .filter(|c| c.name == site.domain)
-            .collect();
-        let conflict = plan.conflicts.iter().find(|c| c.name == site.domain);
-        let rec = recorded.get(&site.domain);
-        let not_loaded = rec.filter(|r| {
-            plan.reload.is_some()
-                && r.status == "failed"
-                && r.detail.starts_with(vsa_engine::apply::NOT_LOADED)
-        });
-        let (status, detail) = if let Some(r) = not_loaded.filter(|_| conflict.is_none()) {
-            ("failed", r.detail.clone())
-        } else if changes.is_empty() && conflict.is_none() {
-            ("in sync", String::new())
-        } else if let Some(c) = conflict {
-            ("failed", c.message.clone())
-        } else if let Some(r) = rec.filter(|r| r.status == "failed") {
-            ("failed", r.detail.clone())
-        } else {
-            let what: Vec<String> = changes
-                .iter()
-                .map(|c| format!("{} {}", c.kind.as_str(), c.action.as_str()))
-                .collect();
-            let new = changes.iter().any(|c| c.action == Action::Create) && rec.is_none();
-            let repo_moved = commit.is_some() && commit != last_commit;
-            if new || repo_moved || rec.is_none() {
-                ("pending", what.join(", "))
-            } else {
-                ("drifted", what.join(", "))
-            }
-        };
-        sites.push(SiteStatus {
-            domain: site.domain.clone(),
-            status,
-            detail,
-            changes: changes.len(),
-        });
-    }
+    let recorded = vsa_engine::snapshot::Recorded {
+        sites: recorded,
+        last_applied_commit: last_commit.clone(),
+    };
+    let sites = vsa_engine::snapshot::site_statuses(&model, &host, &plan, &recorded)
+        .into_iter()
+        .map(|s| SiteStatus {
+            changes: s.changes.len(),
+            status: cli_label(s.status),
+            domain: s.domain,
+            detail: s.detail,
+        })
+        .collect();
     let report = StatusReport {
         host: host.clone(),
         mode: ctx.config.mode,

@@ -65,7 +65,8 @@ fn converged(model: &Model, host: &str, renderer: &Renderer, certs: &BTreeSet<St
     );
     if let Ok(plan) = plan {
         for c in plan.changes {
-            let (Some(file), Some(content)) = (c.file.clone(), c.content) else {
+            let (Some(file), Some(content)) = (c.file.clone(), c.content().map(str::to_owned))
+            else {
                 if c.kind == vsa_core::plan::ResourceKind::AccessLog {
                     obs.access_logs.insert(c.name);
                 }

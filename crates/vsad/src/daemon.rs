@@ -7,26 +7,30 @@
 //! coalesced into one reconcile. Applies go through the same engine and
 //! host lock as `vsactl apply`.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use anyhow::{Context as _, Result};
 use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tracing::Instrument as _;
 use vsa_core::config::{Config, Mode};
-use vsa_core::render::RenderSettings;
-use vsa_core::{Model, Plan, Problem, Renderer};
-use vsa_engine::HostLock;
-use vsa_engine::apply::{ApplyOptions, Ctx};
+use vsa_core::event::EventKind;
+use vsa_core::plan::{ResourceId, UnitKind};
+use vsa_core::{Model, Plan, Problem};
+use vsa_engine::apply::{ApplyError, ApplyOptions};
+use vsa_engine::events::Event;
 use vsa_engine::pipeline::{self, PipelineError};
+use vsa_engine::policy::{ErrorPolicy, host_fingerprint};
+use vsa_engine::snapshot::{HostSnapshot, Recorded, Refused};
+use vsa_engine::{Engine, HostLock};
 use vsa_live::git::Remote;
-use vsa_live::nginx::NginxControl;
-use vsa_store::{AuditLog, NewEvent, Outcome, Store};
 
 use crate::Trigger;
-use crate::http::{Refused, Shared};
 
 /// Triggers closer together than this make one reconcile.
 const COALESCE: Duration = Duration::from_millis(150);
@@ -54,24 +58,58 @@ struct Desired {
     fingerprint: u64,
 }
 
+/// A whole reconcile that failed (not one resource): tried again after
+/// a backoff.
 #[derive(Debug)]
 struct Backoff {
     failures: u32,
     until: Instant,
 }
 
+/// Why a whole reconcile failed; each resource's own failures are the
+/// error policy's, not this.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error("cannot take the host lock: {0:#}")]
+    Lock(anyhow::Error),
+    #[error(transparent)]
+    Pipeline(#[from] PipelineError),
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+    #[error(transparent)]
+    Audit(#[from] vsa_store::audit::AuditError),
+    #[error(transparent)]
+    Store(#[from] vsa_store::StoreError),
+    #[error("the planner stopped: {0}")]
+    Panicked(String),
+}
+
+/// What one reconcile came to.
+#[derive(Debug)]
+pub struct Outcome {
+    /// The plan of the host as the reconcile left it.
+    pub plan: Plan,
+    /// Whether an apply ran.
+    pub applied: bool,
+}
+
 pub struct Daemon {
     config: Arc<Config>,
     host: String,
-    shared: Arc<Shared>,
-    store: Store,
+    /// Where the loop publishes what it sees, for the HTTP side.
+    snapshot: watch::Sender<Arc<HostSnapshot>>,
+    /// The store, the audit log, the renderer, nginx control: opened once.
+    engine: Engine,
     remote: Option<Remote>,
     desired: Option<Desired>,
     /// The newest commit validation refused (not tried again).
     refused: Option<String>,
-    backoff: BTreeMap<String, Backoff>,
+    /// Each resource's standing failure and when to try it again.
+    policy: ErrorPolicy,
     /// The whole reconcile failed (lock, observe, store): retry then.
     retry_all: Option<Backoff>,
+    /// Why the whole reconcile failed, while it does.
+    reconcile_error: Option<String>,
     /// The drift last audited in report mode, so it is audited once.
     reported_drift: Option<u64>,
     /// Why the last fetch failed (cleared by the next one that works).
@@ -81,19 +119,17 @@ pub struct Daemon {
     /// A fetch still running after the loop stopped waiting for it; no
     /// other starts until it ends (they would fight over the clone).
     stuck_fetch: Option<tokio::task::JoinHandle<Result<String, vsa_live::git::SyncError>>>,
-    apply_error: Option<String>,
-    renderer: Arc<Renderer>,
-    nginx: NginxControl,
 }
 
 impl Daemon {
-    pub async fn new(config: Arc<Config>, host: String, shared: Arc<Shared>) -> Result<Daemon> {
-        let store = Store::open(&config.paths.state)
+    pub async fn new(
+        config: Arc<Config>,
+        host: String,
+        snapshot: watch::Sender<Arc<HostSnapshot>>,
+    ) -> Result<Daemon> {
+        let engine = Engine::open(config.clone(), host.clone(), "vsad")
             .await
-            .context("cannot open the state store")?;
-        if let Ok(audit) = AuditLog::open(&config.paths.audit_log, "vsad", &host) {
-            store.catch_up(&audit).await?;
-        }
+            .context("cannot start the engine")?;
         let remote = config.repo.url.as_ref().map(|url| Remote {
             url: url.clone(),
             branch: config.repo.branch.clone(),
@@ -106,28 +142,28 @@ impl Daemon {
                 tracing::warn!(file = %lock.display(), "removed a lock file a stopped fetch left behind");
             }
         }
-        let renderer = Arc::new(
-            Renderer::new(RenderSettings::from(&*config)).with_threads(pipeline::threads()),
-        );
-        let nginx = NginxControl::from_config(&config);
         Ok(Daemon {
             config,
             host,
-            shared,
-            store,
+            snapshot,
+            engine,
             remote,
             desired: None,
             refused: None,
-            backoff: BTreeMap::new(),
+            policy: ErrorPolicy::new(BACKOFF_BASE, BACKOFF_CAP),
             retry_all: None,
+            reconcile_error: None,
             reported_drift: None,
             fetch_error: None,
             fetch_warned: None,
             stuck_fetch: None,
-            apply_error: None,
-            renderer,
-            nginx,
         })
+    }
+
+    /// Changes the published snapshot: readers holding the previous one
+    /// keep it, new readers see this one.
+    fn publish(&self, f: impl FnOnce(&mut HostSnapshot)) {
+        self.snapshot.send_modify(|s| f(Arc::make_mut(s)));
     }
 
     fn repo_path(&self) -> PathBuf {
@@ -139,7 +175,12 @@ impl Daemon {
     /// down.
     pub async fn resume(&mut self) {
         let Some(_) = &self.remote else { return };
-        let Ok(Some(commit)) = self.store.get_state(&self.host, "commit_in_force").await else {
+        let Ok(Some(commit)) = self
+            .engine
+            .store
+            .get_state(&self.host, "commit_in_force")
+            .await
+        else {
             return;
         };
         let path = self.repo_path();
@@ -174,7 +215,7 @@ impl Daemon {
                 // Still a poll that brought nothing: counted, and the
                 // error in the status stays.
                 // (The warning came when it got stuck.)
-                self.shared.view().metrics.error("fetch");
+                self.publish(|s| s.metrics.error("fetch"));
                 tracing::debug!("the previous fetch is still running; not starting another");
                 return false;
             }
@@ -211,7 +252,7 @@ impl Daemon {
                 return false;
             }
         };
-        self.shared.view().metrics.last_fetch = Some(unix_now());
+        self.publish(|s| s.metrics.last_fetch = Some(unix_now()));
         self.fetch_warned = None;
         if self.fetch_error.take().is_some() {
             tracing::info!("fetching works again");
@@ -239,6 +280,7 @@ impl Daemon {
                 tracing::info!(commit = %tip, "new commit adopted");
                 self.set_desired(d);
                 if let Err(e) = self
+                    .engine
                     .store
                     .set_state(&self.host, "commit_in_force", &tip)
                     .await
@@ -263,7 +305,7 @@ impl Daemon {
     /// [`REPEAT_WARNING`]; a 1 s poll against a dead remote must not
     /// write a line a second).
     fn fetch_failed(&mut self, e: String) {
-        self.shared.view().metrics.error("fetch");
+        self.publish(|s| s.metrics.error("fetch"));
         let repeated = self.fetch_error.as_deref() == Some(e.as_str());
         let recently = self
             .fetch_warned
@@ -311,8 +353,7 @@ impl Daemon {
     /// Puts `d` in force; a refusal before it no longer stands.
     fn set_desired(&mut self, d: Desired) {
         self.refused = None;
-        {
-            let mut v = self.shared.view();
+        self.publish(|v| {
             if v.commit != d.commit {
                 // Nobody knows yet whether the host is in sync with it:
                 // the next reconcile tells.
@@ -321,7 +362,7 @@ impl Daemon {
             v.commit = d.commit.clone();
             v.metrics.commit = d.commit.clone();
             v.refused = None;
-        }
+        });
         self.desired = Some(d);
         self.reported_drift = None;
         self.update_last_error();
@@ -337,29 +378,32 @@ impl Daemon {
         let commit = (label.len() == 40).then(|| label.to_owned());
         self.audit(
             commit.as_deref(),
-            vec![NewEvent::new(
-                "commit.refuse",
+            vec![Event::error(
+                EventKind::CommitRefuse,
                 label,
-                Outcome::Error,
                 format!("{} error(s), first: {first}", problems.len()),
             )],
         )
         .await;
-        {
-            let mut v = self.shared.view();
+        self.publish(|v| {
             v.metrics.error("commit");
             v.refused = Some(Refused {
                 commit: label.to_owned(),
                 errors: problems,
             });
-        }
+        });
         self.update_last_error();
     }
 
     /// `/api/status`'s `last_error`: whatever is wrong now, the refused
-    /// commit first, then a fetch that fails, then the last apply.
+    /// commit first, then a fetch that fails, then the reconcile and the
+    /// resources whose failure stands.
     fn update_last_error(&self) {
-        let refused = self.shared.view().refused.clone();
+        let refused = self.snapshot.borrow().refused.clone();
+        let standing = self
+            .policy
+            .standing()
+            .map(|(id, s)| format!("{}: {}", id.name, s.error));
         let errors: Vec<String> = refused
             .map(|r| {
                 format!(
@@ -371,22 +415,18 @@ impl Daemon {
             })
             .into_iter()
             .chain(self.fetch_error.clone())
-            .chain(self.apply_error.clone())
+            .chain(self.reconcile_error.clone())
+            .chain(standing)
             .collect();
-        self.shared.view().last_error = (!errors.is_empty()).then(|| errors.join("; "));
+        self.publish(|v| v.last_error = (!errors.is_empty()).then(|| errors.join("; ")));
     }
 
     /// Records events under the host lock, so the audit chain stays one
     /// chain with `vsactl apply`'s.
-    async fn audit(&self, commit: Option<&str>, events: Vec<NewEvent>) {
+    async fn audit(&self, commit: Option<&str>, events: Vec<Event>) {
         let result = async {
             let _lock = lock(&self.config).await?;
-            let mut log = AuditLog::open(&self.config.paths.audit_log, "vsad", &self.host)?;
-            for e in events {
-                log.record(commit, e)?;
-            }
-            let synced = log.sync()?;
-            self.store.insert_events(&synced).await?;
+            self.engine.emit(commit, events).await?;
             anyhow::Ok(())
         }
         .await;
@@ -397,203 +437,238 @@ impl Daemon {
 
     /// When the next backoff runs out, if any.
     pub fn next_retry(&self) -> Option<Instant> {
-        self.backoff
-            .values()
-            .map(|b| b.until)
+        self.policy
+            .next_retry()
+            .into_iter()
             .chain(self.retry_all.as_ref().map(|b| b.until))
             .min()
     }
 
-    /// Observes, plans and (in apply mode) applies.
-    pub async fn reconcile(&mut self) {
+    /// Observes, plans and (in apply mode) applies, in one tracing span
+    /// that names the commit and what triggered it.
+    pub async fn reconcile(&mut self, trigger: &str) {
         let Some(desired) = &self.desired else {
             return;
         };
-        let started = Instant::now();
         let model = desired.model.clone();
         let commit = desired.commit.clone();
-        let result = self.reconcile_with(model, commit).await;
+        let span = tracing::info_span!(
+            "reconcile",
+            commit = commit.as_deref().unwrap_or("-"),
+            trigger
+        );
+        let started = std::time::Instant::now();
+        let result = self
+            .reconcile_with(model.clone(), commit)
+            .instrument(span.clone())
+            .await;
         let secs = started.elapsed().as_secs_f64();
         let now = vsa_store::time::format(SystemTime::now());
         match result {
-            Ok(plan) => {
+            Ok(outcome) => {
                 self.retry_all = None;
-                let in_sync = plan.in_sync() && self.apply_error.is_none();
-                let mut v = self.shared.view();
-                v.metrics.observe_reconcile(secs);
-                v.metrics.out_of_sync = plan.changes.len();
-                if in_sync {
-                    v.metrics.last_success = Some(unix_now());
-                }
-                v.in_sync = Some(plan.in_sync());
-                v.last_reconcile = Some(now);
-                v.plan = Some(plan);
+                self.reconcile_error = None;
+                let plan = outcome.plan;
+                let in_sync = plan.in_sync() && self.policy.is_empty();
+                let sites = self.site_statuses(&model, &plan).await;
+                self.publish(|v| {
+                    v.metrics.observe_reconcile(secs);
+                    v.metrics.out_of_sync = plan.changes.len();
+                    if in_sync {
+                        v.metrics.last_success = Some(unix_now());
+                    }
+                    v.in_sync = Some(plan.in_sync());
+                    v.last_reconcile = Some(now);
+                    v.sites = Arc::new(sites);
+                    v.plan = Some(Arc::new(plan));
+                });
             }
             Err(e) => {
+                let _enter = span.enter();
                 tracing::error!(error = format!("{e:#}"), "reconcile failed");
                 let failures = self.retry_all.as_ref().map_or(0, |b| b.failures) + 1;
                 self.retry_all = Some(Backoff {
                     failures,
-                    until: Instant::now() + backoff(failures),
+                    until: Instant::now() + self.policy.backoff(failures),
                 });
-                self.apply_error = Some(format!("{e:#}"));
-                let mut v = self.shared.view();
-                v.metrics.observe_reconcile(secs);
-                v.metrics.error("reconcile");
-                v.last_reconcile = Some(now);
+                self.reconcile_error = Some(format!("{e:#}"));
+                self.publish(|v| {
+                    v.metrics.observe_reconcile(secs);
+                    v.metrics.error("reconcile");
+                    v.last_reconcile = Some(now);
+                });
             }
         }
         self.update_last_error();
     }
 
-    async fn reconcile_with(&mut self, model: Arc<Model>, commit: Option<String>) -> Result<Plan> {
-        let config = self.config.clone();
-        let renderer = self.renderer.clone();
+    /// Each site's state, with what applies recorded in the store.
+    async fn site_statuses(
+        &self,
+        model: &Model,
+        plan: &Plan,
+    ) -> Vec<vsa_engine::snapshot::SiteStatus> {
+        let mut recorded = Recorded::default();
+        match self.engine.store.resource_statuses(&self.host).await {
+            Ok(rows) => {
+                recorded.sites = rows
+                    .into_iter()
+                    .filter(|r| r.kind == UnitKind::Site.as_str())
+                    .map(|r| (r.name.clone(), r))
+                    .collect();
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read the recorded site statuses"),
+        }
+        recorded.last_applied_commit = self
+            .engine
+            .store
+            .get_state(&self.host, "last_applied_commit")
+            .await
+            .ok()
+            .flatten();
+        vsa_engine::snapshot::site_statuses(model, &self.host, plan, &recorded)
+    }
+
+    async fn reconcile_with(
+        &mut self,
+        model: Arc<Model>,
+        commit: Option<String>,
+    ) -> Result<Outcome, ReconcileError> {
+        let renderer = self.engine.renderer.clone();
         let host = self.host.clone();
-        let observed = pipeline::observe(&config, &model, &host, Some(&self.store)).await?;
+        let observed = self.engine.observe(&model).await?;
         self.show_certs(observed.cert_info.values().cloned().collect());
+        let host_fp = host_fingerprint(&observed);
         let plan = {
             let (model, commit) = (model.clone(), commit.clone());
-            tokio::task::spawn_blocking(move || -> Result<Plan> {
-                Ok(vsa_core::plan(&model, &host, &observed, &renderer, commit)?)
+            tokio::task::spawn_blocking(move || {
+                vsa_core::plan(&model, &host, &observed, &renderer, commit)
             })
-            .await??
+            .await
+            .map_err(|e| ReconcileError::Panicked(e.to_string()))?
+            .map_err(PipelineError::from)?
         };
         // Nothing to do only when nginx also serves what is on disk: a
         // reload that did not take is still owed.
         if plan.changes.is_empty() && plan.reload.is_none() {
             self.reported_drift = None;
-            self.apply_error = None;
-            return Ok(plan);
+            self.policy.clear();
+            return Ok(Outcome {
+                plan,
+                applied: false,
+            });
         }
         if self.config.mode == Mode::Report {
-            let fp = plan_fingerprint(&plan);
-            if self.reported_drift != Some(fp) {
-                self.reported_drift = Some(fp);
-                self.shared.view().metrics.drift_seen += 1;
-                let names: BTreeSet<&str> = plan.changes.iter().map(|c| c.name.as_str()).collect();
-                tracing::warn!(
-                    changes = plan.changes.len(),
-                    "drift seen (report mode: left as is)"
-                );
-                let reload = plan.reload.iter().map(|why| {
-                    NewEvent::new(
-                        "drift.seen",
-                        "nginx",
-                        Outcome::Skipped,
-                        format!("reload owed: {why}"),
-                    )
-                });
-                let events = names
-                    .iter()
-                    .map(|n| {
-                        let what: Vec<String> = plan
-                            .changes
-                            .iter()
-                            .filter(|c| c.name == *n)
-                            .map(|c| {
-                                format!("{} {} ({})", c.action.as_str(), c.kind.as_str(), c.reason)
-                            })
-                            .collect();
-                        NewEvent::new("drift.seen", *n, Outcome::Skipped, what.join("; "))
-                    })
-                    .chain(reload)
-                    .collect();
-                self.audit(commit.as_deref(), events).await;
-            }
-            return Ok(plan);
+            self.report_drift(&plan, commit.as_deref()).await;
+            return Ok(Outcome {
+                plan,
+                applied: false,
+            });
         }
 
-        // Apply mode: everything not backing off.
-        let now = Instant::now();
-        let hold: BTreeSet<String> = self
-            .backoff
-            .iter()
-            .filter(|(_, b)| b.until > now)
-            .map(|(n, _)| n.clone())
-            .collect();
+        // Apply mode: everything the error policy does not hold back.
+        let hold = self.policy.hold(&plan, host_fp, Instant::now());
+        let nginx = ResourceId::nginx();
         // A reload owed (nginx does not serve what is on disk) is work too,
-        // unless nginx itself is backing off.
-        if plan.changes.iter().all(|c| hold.contains(&c.name))
-            && (plan.reload.is_none() || hold.contains("nginx"))
+        // unless nginx itself is held back.
+        if plan.changes.iter().all(|c| hold.contains(&c.resource()))
+            && (plan.reload.is_none() || hold.contains(&nginx))
         {
-            return Ok(plan);
+            return Ok(Outcome {
+                plan,
+                applied: false,
+            });
         }
-        let _lock = lock(&self.config).await?;
-        let mut audit = AuditLog::open(&self.config.paths.audit_log, "vsad", &self.host)?;
-        let mut cx = Ctx {
-            config: &self.config,
-            model: &model,
-            host: &self.host,
-            commit,
-            renderer: &self.renderer,
-            nginx: &self.nginx,
-            audit: &mut audit,
-            store: Some(&self.store),
-            options: ApplyOptions {
-                hold: hold.clone(),
-                ..ApplyOptions::default()
-            },
+        let _lock = lock(&self.config).await.map_err(ReconcileError::Lock)?;
+        let options = ApplyOptions {
+            hold: hold.clone(),
+            ..ApplyOptions::default()
         };
-        let report = vsa_engine::apply(&mut cx).await?;
-        let failed: BTreeMap<&str, &str> = report
-            .failures
-            .iter()
-            .map(|f| (f.name.as_str(), f.error.as_str()))
-            .collect();
-        {
-            let mut v = self.shared.view();
+        let report = self.engine.apply(&model, commit, options).await?;
+        let after = report.remaining.clone().unwrap_or(plan);
+        self.publish(|v| {
             v.metrics.reloads += report.reloads as u64;
-            for name in failed.keys() {
-                v.metrics
-                    .error(if *name == "nginx" { "nginx" } else { "site" });
+            for f in &report.failures {
+                v.metrics.error(if f.id.kind == UnitKind::Nginx {
+                    "nginx"
+                } else {
+                    "site"
+                });
             }
-        }
-        for (name, error) in &failed {
-            let failures = self.backoff.get(*name).map_or(0, |b| b.failures) + 1;
-            let wait = backoff(failures);
-            tracing::warn!(resource = %name, error = %error, retry_in_s = wait.as_secs(), "apply failed");
-            self.backoff.insert(
-                (*name).to_owned(),
-                Backoff {
-                    failures,
-                    until: Instant::now() + wait,
-                },
-            );
-        }
-        // What was tried and did not fail is healthy again.
-        self.backoff
-            .retain(|name, _| hold.contains(name) || failed.contains_key(name.as_str()));
-        self.apply_error = (!failed.is_empty()).then(|| {
-            failed
-                .iter()
-                .map(|(n, e)| format!("{n}: {e}"))
-                .collect::<Vec<_>>()
-                .join("; ")
         });
+        for f in &report.failures {
+            tracing::warn!(resource = %f.id, error = %f.error, class = ?f.class, "apply failed");
+        }
+        // Failures against the plan as the apply left the host: the next
+        // reconcile finds the same plan for them unless something changed.
+        // (An apply never touches files vsa does not own, so the host's
+        // fingerprint from before stands.)
+        self.policy.record(
+            |id| !hold.contains(id),
+            &report.failures,
+            &after,
+            host_fp,
+            Instant::now(),
+        );
         if report.executed.is_empty() {
             tracing::debug!("nothing applied");
         } else {
             tracing::info!(
                 writes = report.writes,
                 reloads = report.reloads,
-                failed = failed.len(),
+                failed = report.failures.len(),
                 "applied"
             );
         }
-        Ok(report.remaining.unwrap_or(plan))
+        Ok(Outcome {
+            plan: after,
+            applied: true,
+        })
+    }
+
+    /// Report mode: drift is shown and audited once, never repaired.
+    async fn report_drift(&mut self, plan: &Plan, commit: Option<&str>) {
+        let fp = plan_fingerprint(plan);
+        if self.reported_drift == Some(fp) {
+            return;
+        }
+        self.reported_drift = Some(fp);
+        self.publish(|v| v.metrics.drift_seen += 1);
+        let names: BTreeSet<&str> = plan.changes.iter().map(|c| c.name.as_str()).collect();
+        tracing::warn!(
+            changes = plan.changes.len(),
+            "drift seen (report mode: left as is)"
+        );
+        let reload = plan.reload.iter().map(|why| {
+            Event::skipped(EventKind::DriftSeen, "nginx", format!("reload owed: {why}"))
+        });
+        let events = names
+            .iter()
+            .map(|n| {
+                let what: Vec<String> = plan
+                    .changes
+                    .iter()
+                    .filter(|c| c.name == *n)
+                    .map(|c| format!("{} {} ({})", c.action.as_str(), c.kind.as_str(), c.reason))
+                    .collect();
+                Event::skipped(EventKind::DriftSeen, *n, what.join("; "))
+            })
+            .chain(reload)
+            .collect();
+        self.audit(commit, events).await;
     }
 
     /// The certificates on disk (as observed for the plan), for
     /// `/api/certs` and the expiry metric.
     fn show_certs(&self, certs: Vec<vsa_core::certs::CertInfo>) {
-        let mut v = self.shared.view();
-        v.metrics.cert_expiry = certs
-            .iter()
-            .filter(|c| c.error.is_none())
-            .map(|c| (c.domain.clone(), c.not_after))
-            .collect();
-        v.certs = certs;
+        self.publish(|v| {
+            v.metrics.cert_expiry = certs
+                .iter()
+                .filter(|c| c.error.is_none())
+                .map(|c| (c.domain.clone(), c.not_after))
+                .collect();
+            v.certs = Arc::new(certs);
+        });
     }
 
     /// Runs until `shutdown` resolves.
@@ -622,7 +697,7 @@ impl Daemon {
         on_ready();
         let first = async {
             self.refresh().await;
-            self.reconcile().await;
+            self.reconcile("start").await;
         };
         tokio::select! {
             _ = first => {}
@@ -634,8 +709,7 @@ impl Daemon {
         loop {
             let retry = self
                 .next_retry()
-                .map(tokio::time::Instant::from_std)
-                .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
             let mut wants = Wants::default();
             tokio::select! {
                 biased;
@@ -646,7 +720,7 @@ impl Daemon {
                 },
                 _ = poll_tick.tick(), if following => wants.fetch = true,
                 _ = resync_tick.tick() => wants.reconcile = true,
-                _ = tokio::time::sleep_until(retry) => wants.reconcile = true,
+                _ = tokio::time::sleep_until(retry) => wants.retry = true,
             }
             // Coalesce what arrives together.
             let settle = tokio::time::sleep(COALESCE);
@@ -666,8 +740,8 @@ impl Daemon {
                 } else {
                     false
                 };
-                if changed || wants.reconcile || wants.drift {
-                    self.reconcile().await;
+                if changed || wants.reconcile || wants.drift || wants.retry {
+                    self.reconcile(wants.trigger(changed)).await;
                 }
             };
             tokio::pin!(work);
@@ -686,7 +760,7 @@ impl Daemon {
     }
 
     pub async fn close(self) {
-        self.store.close().await;
+        self.engine.close().await;
     }
 }
 
@@ -696,9 +770,23 @@ struct Wants {
     repo: bool,
     drift: bool,
     reconcile: bool,
+    retry: bool,
 }
 
 impl Wants {
+    /// What the reconcile is for, for its span.
+    fn trigger(&self, changed: bool) -> &'static str {
+        if changed {
+            "new desired state"
+        } else if self.drift {
+            "drift"
+        } else if self.retry {
+            "retry"
+        } else {
+            "resync"
+        }
+    }
+
     fn add(&mut self, t: Trigger) {
         match t {
             Trigger::Fetch => self.fetch = true,
@@ -707,12 +795,6 @@ impl Wants {
             Trigger::Resync => self.reconcile = true,
         }
     }
-}
-
-fn backoff(failures: u32) -> Duration {
-    BACKOFF_BASE
-        .saturating_mul(1 << failures.saturating_sub(1).min(16))
-        .min(BACKOFF_CAP)
 }
 
 fn unix_now() -> f64 {

@@ -2,19 +2,22 @@
 //! proxy layer equal to the desired-state repository without anyone
 //! running a command, and shows what it sees over HTTP (DESIGN §7).
 //!
-//! [`daemon`] is the reconcile loop; [`http`] the read-only API and the
-//! signed webhook; [`sd`] the systemd notification protocol. Watchers
-//! (notify) turn file events into [`Trigger`]s for the loop.
+//! [`daemon`] is the reconcile loop, on a thread of its own; `vsa_web`
+//! the read-only API and the signed webhook, on the main thread's runtime,
+//! reading the snapshots the loop publishes, so that neither ever waits
+//! for the other (ADR 0010); [`sd`] the systemd notification protocol.
+//! Watchers (notify) turn file events into [`Trigger`]s for the loop.
 
 pub mod daemon;
 mod git_timeouts;
-pub mod http;
 pub mod memory;
-pub mod metrics;
 pub mod sd;
 
+/// The HTTP side (the `vsa-web` crate), under its old name.
+pub use vsa_web as http;
+
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use anyhow::{Context as _, Result, bail};
 use clap::Parser;
@@ -154,27 +157,52 @@ async fn run(cli: &Cli) -> Result<i32> {
     )?
     .map(|t| String::from_utf8_lossy(&t).into_owned());
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let shared = Arc::new(http::Shared {
-        host: host.clone(),
-        mode: config.mode,
-        view: Mutex::new(http::View::default()),
-        triggers: tx.clone(),
+    let (snapshot_tx, snapshot) = tokio::sync::watch::channel(Arc::new(
+        vsa_engine::snapshot::HostSnapshot::new(host.clone(), config.mode),
+    ));
+    let push = tx.clone();
+    let web = Arc::new(vsa_web::WebState {
+        snapshot,
+        on_push: Box::new(move || {
+            let _ = push.send(Trigger::Fetch);
+        }),
         webhook_secret: secret,
         token,
-        bad_hooks: http::Burst::default(),
+        bad_hooks: vsa_web::Burst::default(),
     });
 
-    let listener = tokio::net::TcpListener::bind(&config.dashboard.listen)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot listen on dashboard.listen {}",
-                config.dashboard.listen
-            )
-        })?;
-    tracing::info!(listen = %config.dashboard.listen, "serving the API");
+    let listener = std::net::TcpListener::bind(&config.dashboard.listen).with_context(|| {
+        format!(
+            "cannot listen on dashboard.listen {}",
+            config.dashboard.listen
+        )
+    })?;
+    serve(config, host, listener, web, tx, rx, snapshot_tx).await
+}
+
+/// Runs the daemon on `listener` (bound by the caller: a test binds
+/// `127.0.0.1:0`) until SIGTERM or SIGINT: the reconcile loop on a thread
+/// of its own, the HTTP side, the watchers and the watchdog here.
+pub async fn serve(
+    config: Arc<Config>,
+    host: String,
+    listener: std::net::TcpListener,
+    web: Arc<vsa_web::WebState>,
+    tx: UnboundedSender<Trigger>,
+    rx: tokio::sync::mpsc::UnboundedReceiver<Trigger>,
+    snapshot: tokio::sync::watch::Sender<Arc<vsa_engine::snapshot::HostSnapshot>>,
+) -> Result<i32> {
+    listener
+        .set_nonblocking(true)
+        .context("cannot set up the dashboard.listen socket")?;
+    let listener = tokio::net::TcpListener::from_std(listener)
+        .context("cannot set up the dashboard.listen socket")?;
+    let listen = listener
+        .local_addr()
+        .map_or_else(|_| config.dashboard.listen.clone(), |a| a.to_string());
+    tracing::info!(listen = %listen, "serving the API");
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(http::serve(listener, http::router(shared.clone()), async {
+    let server = tokio::spawn(vsa_web::serve(listener, vsa_web::router(web), async {
         let _ = http_stopped.await;
     }));
 
@@ -192,13 +220,31 @@ async fn run(cli: &Cli) -> Result<i32> {
     });
 
     git_timeouts::set(std::time::Duration::from_millis(config.repo.timeout_ms));
-    let daemon = daemon::Daemon::new(config.clone(), host, shared.clone()).await?;
-    daemon
-        .run(rx, shutdown_signal(), || {
-            sd::notify("READY=1");
-            tracing::info!("ready");
-        })
-        .await;
+    // The reconcile loop on its own thread and runtime: whatever it does
+    // (parse, render, write, fsync, git, SQLite), the API answers.
+    let (stop_loop, loop_stopped) = tokio::sync::oneshot::channel::<()>();
+    let (loop_done, loop_ended) = tokio::sync::oneshot::channel::<Result<()>>();
+    let engine = {
+        let config = config.clone();
+        std::thread::Builder::new()
+            .name("vsad-reconcile".into())
+            .spawn(move || {
+                let result = reconcile_thread(config, host, snapshot, rx, loop_stopped);
+                let _ = loop_done.send(result);
+            })
+            .context("cannot start the reconcile thread")?
+    };
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    tokio::pin!(loop_ended);
+    let result = tokio::select! {
+        () = &mut shutdown => {
+            let _ = stop_loop.send(());
+            // The loop finishes the step in flight (bounded by its grace).
+            (&mut loop_ended).await.unwrap_or(Ok(()))
+        }
+        ended = &mut loop_ended => ended.unwrap_or(Ok(())),
+    };
     sd::notify("STOPPING=1");
     if let Some(w) = watchdog {
         w.abort();
@@ -206,7 +252,41 @@ async fn run(cli: &Cli) -> Result<i32> {
     docker_events.abort();
     let _ = stop_http.send(());
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), server).await;
-    Ok(0)
+    drop(engine);
+    result.map(|()| 0)
+}
+
+/// The reconcile loop's thread: its own single-threaded runtime.
+fn reconcile_thread(
+    config: Arc<Config>,
+    host: String,
+    snapshot: tokio::sync::watch::Sender<Arc<vsa_engine::snapshot::HostSnapshot>>,
+    rx: tokio::sync::mpsc::UnboundedReceiver<Trigger>,
+    stop: tokio::sync::oneshot::Receiver<()>,
+) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the reconcile loop's runtime")?;
+    let result = rt.block_on(async {
+        let daemon = daemon::Daemon::new(config, host, snapshot).await?;
+        daemon
+            .run(
+                rx,
+                async {
+                    let _ = stop.await;
+                },
+                || {
+                    sd::notify("READY=1");
+                    tracing::info!("ready");
+                },
+            )
+            .await;
+        anyhow::Ok(())
+    });
+    // Blocking work (a slow fetch) must not hold the exit up.
+    rt.shutdown_timeout(std::time::Duration::from_millis(500));
+    result
 }
 
 async fn shutdown_signal() {

@@ -1,6 +1,11 @@
-//! The daemon's HTTP side on `dashboard.listen` (DESIGN §7): `/healthz`,
-//! `/api/status`, `/api/plan`, `/api/certs`, `/metrics`, and the signed push webhook
-//! `POST /hooks/git`. Read-only: the webhook only asks for a fetch.
+//! vsa's HTTP side on `dashboard.listen` (DESIGN §7): `/healthz`,
+//! `/api/status`, `/api/plan`, `/api/certs`, `/api/sites`, `/metrics`,
+//! and the signed push webhook `POST /hooks/git`. Read-only: the webhook
+//! only asks for a fetch.
+//!
+//! Handlers read a [`HostSnapshot`] the reconcile loop publishes (a
+//! `watch` of `Arc`s): they never wait for the loop, and the loop never
+//! waits for them. The hub will serve the same types per host.
 
 use std::sync::{Arc, Mutex};
 
@@ -11,42 +16,15 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use hmac::{KeyInit, Mac};
-use serde::Serialize;
-use tokio::sync::mpsc::UnboundedSender;
-use vsa_core::config::Mode;
-use vsa_core::plan::Plan;
+use tokio::sync::watch;
+pub use vsa_engine::snapshot::{HostSnapshot, Refused};
 
-use crate::Trigger;
-use crate::metrics::Metrics;
-
-/// What the daemon shows; written by the reconcile loop, read by handlers.
-#[derive(Debug, Default)]
-pub struct View {
-    /// The desired-state commit in force.
-    pub commit: Option<String>,
-    pub in_sync: Option<bool>,
-    /// Why the newest commit or the last apply failed, if it did.
-    pub last_error: Option<String>,
-    pub last_reconcile: Option<String>,
-    /// A commit refused by validation, and its problems.
-    pub refused: Option<Refused>,
-    pub plan: Option<Plan>,
-    /// The certificates on disk, as of the last reconcile.
-    pub certs: Vec<vsa_core::certs::CertInfo>,
-    pub metrics: Metrics,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct Refused {
-    pub commit: String,
-    pub errors: Vec<String>,
-}
-
-pub struct Shared {
-    pub host: String,
-    pub mode: Mode,
-    pub view: Mutex<View>,
-    pub triggers: UnboundedSender<Trigger>,
+/// What the handlers serve from.
+pub struct WebState {
+    /// The host as the reconcile loop last published it.
+    pub snapshot: watch::Receiver<Arc<HostSnapshot>>,
+    /// Asks the loop to fetch (a verified webhook).
+    pub on_push: Box<dyn Fn() + Send + Sync>,
     /// The webhook's HMAC key; `None` disables `POST /hooks/git`.
     pub webhook_secret: Option<Vec<u8>>,
     /// With `dashboard.token_file`: needed for `/api/*`.
@@ -55,9 +33,11 @@ pub struct Shared {
     pub bad_hooks: Burst,
 }
 
-impl Shared {
-    pub fn view(&self) -> std::sync::MutexGuard<'_, View> {
-        self.view.lock().unwrap_or_else(|e| e.into_inner())
+impl WebState {
+    /// The current snapshot (an `Arc`: the loop may publish the next one
+    /// meanwhile).
+    pub fn snapshot(&self) -> Arc<HostSnapshot> {
+        self.snapshot.borrow().clone()
     }
 }
 
@@ -137,30 +117,19 @@ impl Burst {
     }
 }
 
-pub fn router(shared: Arc<Shared>) -> Router {
+pub fn router(state: Arc<WebState>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/api/status", get(status))
         .route("/api/plan", get(plan))
         .route("/api/certs", get(certs))
+        .route("/api/sites", get(sites))
         .route("/metrics", get(metrics))
         .route("/hooks/git", post(hook))
-        .with_state(shared)
+        .with_state(state)
 }
 
-#[derive(Serialize)]
-struct Status<'a> {
-    host: &'a str,
-    mode: Mode,
-    commit: Option<&'a str>,
-    in_sync: Option<bool>,
-    last_error: Option<&'a str>,
-    last_reconcile: Option<&'a str>,
-    /// Extension: the newest commit when validation refused it.
-    refused: Option<&'a Refused>,
-}
-
-fn authorized(s: &Shared, headers: &HeaderMap) -> bool {
+fn authorized(s: &WebState, headers: &HeaderMap) -> bool {
     let Some(token) = &s.token else {
         return true;
     };
@@ -191,46 +160,54 @@ fn unauthorized() -> Response {
         .into_response()
 }
 
-async fn status(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+async fn status(State(s): State<Arc<WebState>>, headers: HeaderMap) -> Response {
     if !authorized(&s, &headers) {
         return unauthorized();
     }
-    let v = s.view();
-    axum::Json(Status {
-        host: &s.host,
-        mode: s.mode,
-        commit: v.commit.as_deref(),
-        in_sync: v.in_sync,
-        last_error: v.last_error.as_deref(),
-        last_reconcile: v.last_reconcile.as_deref(),
-        refused: v.refused.as_ref(),
-    })
-    .into_response()
+    let snap = s.snapshot();
+    axum::Json(snap.status()).into_response()
 }
 
-async fn plan(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+fn no_plan_yet() -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        "no plan yet: the desired state has not been loaded\n",
+    )
+        .into_response()
+}
+
+async fn plan(State(s): State<Arc<WebState>>, headers: HeaderMap) -> Response {
     if !authorized(&s, &headers) {
         return unauthorized();
     }
-    match &s.view().plan {
-        Some(p) => axum::Json(p).into_response(),
-        None => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no plan yet: the desired state has not been loaded\n",
-        )
-            .into_response(),
+    match &s.snapshot().plan {
+        Some(p) => axum::Json(&**p).into_response(),
+        None => no_plan_yet(),
     }
 }
 
-async fn certs(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+async fn certs(State(s): State<Arc<WebState>>, headers: HeaderMap) -> Response {
     if !authorized(&s, &headers) {
         return unauthorized();
     }
-    axum::Json(&s.view().certs).into_response()
+    axum::Json(&*s.snapshot().certs).into_response()
 }
 
-async fn metrics(State(s): State<Arc<Shared>>) -> Response {
-    let text = s.view().metrics.render(&s.host);
+/// `GET /api/sites` (DESIGN §7): each site with its state and its changes.
+async fn sites(State(s): State<Arc<WebState>>, headers: HeaderMap) -> Response {
+    if !authorized(&s, &headers) {
+        return unauthorized();
+    }
+    let snap = s.snapshot();
+    if snap.plan.is_none() {
+        return no_plan_yet();
+    }
+    axum::Json(&*snap.sites).into_response()
+}
+
+async fn metrics(State(s): State<Arc<WebState>>) -> Response {
+    let snap = s.snapshot();
+    let text = snap.metrics.render(&snap.host);
     (
         [(
             header::CONTENT_TYPE,
@@ -243,7 +220,7 @@ async fn metrics(State(s): State<Arc<Shared>>) -> Response {
 
 /// `POST /hooks/git`: GitHub/Gitea-style push webhook, signed with
 /// `X-Hub-Signature-256: sha256=<hex HMAC-SHA256 of the body>`.
-async fn hook(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn hook(State(s): State<Arc<WebState>>, headers: HeaderMap, body: Bytes) -> Response {
     let Some(secret) = &s.webhook_secret else {
         return (
             StatusCode::NOT_FOUND,
@@ -276,7 +253,7 @@ async fn hook(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> 
         }
         return (StatusCode::UNAUTHORIZED, "bad signature\n").into_response();
     }
-    let _ = s.triggers.send(Trigger::Fetch);
+    (s.on_push)();
     (StatusCode::ACCEPTED, "fetch scheduled\n").into_response()
 }
 

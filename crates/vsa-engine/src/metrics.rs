@@ -1,5 +1,6 @@
 //! The daemon's Prometheus metrics, written in the text exposition format
-//! by hand: a handful of series do not need a registry crate.
+//! by hand: a handful of series do not need a registry crate. The action
+//! counts come from the typed events ([`crate::events`]).
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -139,6 +140,17 @@ impl Metrics {
                 o,
                 "vsa_cert_expiry_timestamp_seconds{{domain=\"{}\"}} {t}",
                 escape(domain)
+            );
+        }
+        let _ = writeln!(
+            o,
+            "# HELP vsa_actions_total Actions taken (the audit log's), by action and outcome.\n\
+             # TYPE vsa_actions_total counter"
+        );
+        for (kind, outcome, n) in crate::events::action_counts() {
+            let _ = writeln!(
+                o,
+                "vsa_actions_total{{action=\"{kind}\",outcome=\"{outcome}\"}} {n}"
             );
         }
         o
