@@ -360,113 +360,10 @@ impl Config {
             state: given(&raw.paths.state, "/var/lib/vsa"),
             audit_log: given(&raw.paths.audit_log, "/var/log/vsa/audit.jsonl"),
         };
-        // Inside a container nginx sees its own paths; on the host, the same ones.
-        let nginx_view = |p: &Option<Sp<String>>, host: &PathBuf| -> PathBuf {
-            match p {
-                Some(p) => PathBuf::from(&p.value),
-                None => host.clone(),
-            }
-        };
-        let nginx_paths = NginxPaths {
-            htpasswd: nginx_view(&raw.nginx.paths.htpasswd, &paths.htpasswd),
-            letsencrypt: nginx_view(&raw.nginx.paths.letsencrypt, &paths.letsencrypt),
-            webroot: nginx_view(&raw.nginx.paths.webroot, &paths.webroot),
-            access_logs: nginx_view(&raw.nginx.paths.access_logs, &paths.access_logs),
-        };
-        let rp = &raw.nginx.paths;
-        for (what, p, written) in [
-            ("nginx.paths.htpasswd", &nginx_paths.htpasswd, &rp.htpasswd),
-            (
-                "nginx.paths.letsencrypt",
-                &nginx_paths.letsencrypt,
-                &rp.letsencrypt,
-            ),
-            ("nginx.paths.webroot", &nginx_paths.webroot, &rp.webroot),
-            (
-                "nginx.paths.access_logs",
-                &nginx_paths.access_logs,
-                &rp.access_logs,
-            ),
-        ] {
-            // These are written into vhosts: hold them to the same rules as manifests.
-            let s = p.to_string_lossy();
-            if s.chars().any(|c| {
-                c.is_whitespace()
-                    || c.is_control()
-                    || matches!(c, ';' | '{' | '}' | '"' | '\'' | '$' | '#' | '\\')
-            }) {
-                bad(
-                    at(written.as_ref().map(|w| w.pos)),
-                    format!(
-                        "{what} `{}` contains a character nginx would misread",
-                        s.escape_debug()
-                    ),
-                );
-            }
-        }
-        let port = |p: &Option<Sp<u16>>, default: u16| p.as_ref().map_or(default, |p| p.value);
-        let pos_of = |p: &Option<Sp<u16>>| p.as_ref().map(|p| p.pos);
-        let http_port = port(&raw.nginx.http_port, 80);
-        let https_port = port(&raw.nginx.https_port, 443);
-        let probe_port = port(&raw.nginx.probe_port, DEFAULT_PROBE_PORT);
-        let zero = [
-            (http_port, pos_of(&raw.nginx.http_port)),
-            (https_port, pos_of(&raw.nginx.https_port)),
-            (probe_port, pos_of(&raw.nginx.probe_port)),
-        ]
-        .into_iter()
-        .find(|(p, _)| *p == 0);
-        if let Some((_, pos)) = zero {
-            bad(
-                at(pos),
-                "nginx.http_port, nginx.https_port and nginx.probe_port must be 1-65535".into(),
-            );
-        } else if probe_port == http_port || probe_port == https_port {
-            bad(
-                at(pos_of(&raw.nginx.probe_port).or(pos_of(&raw.nginx.http_port))),
-                format!(
-                    "nginx.probe_port {probe_port} is a port the sites listen on; vsa's probe needs a port of its own"
-                ),
-            );
-        }
-        let resolver = raw
-            .nginx
-            .resolver
-            .as_ref()
-            .map_or_else(|| "127.0.0.11".into(), |r| r.value.clone());
-        if resolver.split_whitespace().any(|r| {
-            r.parse::<std::net::IpAddr>().is_err()
-                && names::dns_name(r).is_err()
-                && r.parse::<std::net::SocketAddr>().is_err()
-        }) || resolver.contains(';')
-        {
-            bad(
-                at(raw.nginx.resolver.as_ref().map(|r| r.pos)),
-                format!(
-                    "nginx.resolver `{}` must be IP addresses separated by spaces",
-                    resolver.escape_debug()
-                ),
-            );
-        }
-        let argv = |v: &Option<Sp<Vec<String>>>,
-                    default: &[&str],
-                    what: &str,
-                    bad: &mut dyn FnMut(Pos, String)|
-         -> Vec<String> {
-            match v {
-                Some(v) if v.is_empty() => {
-                    bad(v.pos, format!("{what} must not be empty"));
-                    default.iter().map(|s| s.to_string()).collect()
-                }
-                Some(v) => v.value.clone(),
-                None => default.iter().map(|s| s.to_string()).collect(),
-            }
-        };
-        let test = argv(&raw.nginx.test, &["nginx", "-t"], "nginx.test", &mut bad);
-        let reload = argv(
-            &raw.nginx.reload,
-            &["nginx", "-s", "reload"],
-            "nginx.reload",
+        let nginx = nginx_config(
+            &raw.nginx,
+            &paths,
+            given(&raw.nginx.error_log, "/var/log/nginx/error.log"),
             &mut bad,
         );
         let renew_before_days = raw.acme.renew_before_days.unwrap_or(30);
@@ -510,19 +407,7 @@ impl Config {
                 known_hosts_file: opt_path(&raw.repo.known_hosts_file),
                 timeout_ms,
             },
-            nginx: NginxConfig {
-                test,
-                reload,
-                container: raw.nginx.container.clone(),
-                group: raw.nginx.group.clone().unwrap_or_else(|| "www-data".into()),
-                http_port,
-                https_port,
-                paths: nginx_paths,
-                resolver,
-                ipv6: raw.nginx.ipv6.unwrap_or(true),
-                probe_port,
-                error_log: given(&raw.nginx.error_log, "/var/log/nginx/error.log"),
-            },
+            nginx,
             paths,
             docker: DockerConfig {
                 endpoint: raw
@@ -561,6 +446,133 @@ impl Config {
         } else {
             Err(problems)
         }
+    }
+}
+
+/// The `nginx:` part: the paths nginx sees, its ports, resolver and
+/// commands, each checked where it is written.
+fn nginx_config(
+    raw: &RawNginx,
+    paths: &Paths,
+    error_log: PathBuf,
+    bad: &mut dyn FnMut(Pos, String),
+) -> NginxConfig {
+    let at = |v: Option<Pos>| v.unwrap_or(Pos::new(1, 1));
+    // Inside a container nginx sees its own paths; on the host, the same ones.
+    let nginx_view = |p: &Option<Sp<String>>, host: &PathBuf| -> PathBuf {
+        match p {
+            Some(p) => PathBuf::from(&p.value),
+            None => host.clone(),
+        }
+    };
+    let nginx_paths = NginxPaths {
+        htpasswd: nginx_view(&raw.paths.htpasswd, &paths.htpasswd),
+        letsencrypt: nginx_view(&raw.paths.letsencrypt, &paths.letsencrypt),
+        webroot: nginx_view(&raw.paths.webroot, &paths.webroot),
+        access_logs: nginx_view(&raw.paths.access_logs, &paths.access_logs),
+    };
+    let rp = &raw.paths;
+    for (what, p, written) in [
+        ("nginx.paths.htpasswd", &nginx_paths.htpasswd, &rp.htpasswd),
+        (
+            "nginx.paths.letsencrypt",
+            &nginx_paths.letsencrypt,
+            &rp.letsencrypt,
+        ),
+        ("nginx.paths.webroot", &nginx_paths.webroot, &rp.webroot),
+        (
+            "nginx.paths.access_logs",
+            &nginx_paths.access_logs,
+            &rp.access_logs,
+        ),
+    ] {
+        // These are written into vhosts: hold them to the same rules as manifests.
+        let s = p.to_string_lossy();
+        if s.chars().any(|c| {
+            c.is_whitespace()
+                || c.is_control()
+                || matches!(c, ';' | '{' | '}' | '"' | '\'' | '$' | '#' | '\\')
+        }) {
+            bad(
+                at(written.as_ref().map(|w| w.pos)),
+                format!(
+                    "{what} `{}` contains a character nginx would misread",
+                    s.escape_debug()
+                ),
+            );
+        }
+    }
+    let port = |p: &Option<Sp<u16>>, default: u16| p.as_ref().map_or(default, |p| p.value);
+    let pos_of = |p: &Option<Sp<u16>>| p.as_ref().map(|p| p.pos);
+    let http_port = port(&raw.http_port, 80);
+    let https_port = port(&raw.https_port, 443);
+    let probe_port = port(&raw.probe_port, DEFAULT_PROBE_PORT);
+    let zero = [
+        (http_port, pos_of(&raw.http_port)),
+        (https_port, pos_of(&raw.https_port)),
+        (probe_port, pos_of(&raw.probe_port)),
+    ]
+    .into_iter()
+    .find(|(p, _)| *p == 0);
+    if let Some((_, pos)) = zero {
+        bad(
+            at(pos),
+            "nginx.http_port, nginx.https_port and nginx.probe_port must be 1-65535".into(),
+        );
+    } else if probe_port == http_port || probe_port == https_port {
+        bad(
+            at(pos_of(&raw.probe_port).or(pos_of(&raw.http_port))),
+            format!(
+                "nginx.probe_port {probe_port} is a port the sites listen on; vsa's probe needs a port of its own"
+            ),
+        );
+    }
+    let resolver = raw
+        .resolver
+        .as_ref()
+        .map_or_else(|| "127.0.0.11".into(), |r| r.value.clone());
+    if resolver.split_whitespace().any(|r| {
+        r.parse::<std::net::IpAddr>().is_err()
+            && names::dns_name(r).is_err()
+            && r.parse::<std::net::SocketAddr>().is_err()
+    }) || resolver.contains(';')
+    {
+        bad(
+            at(raw.resolver.as_ref().map(|r| r.pos)),
+            format!(
+                "nginx.resolver `{}` must be IP addresses separated by spaces",
+                resolver.escape_debug()
+            ),
+        );
+    }
+    let argv = |v: &Option<Sp<Vec<String>>>,
+                default: &[&str],
+                what: &str,
+                bad: &mut dyn FnMut(Pos, String)|
+     -> Vec<String> {
+        match v {
+            Some(v) if v.is_empty() => {
+                bad(v.pos, format!("{what} must not be empty"));
+                default.iter().map(|s| s.to_string()).collect()
+            }
+            Some(v) => v.value.clone(),
+            None => default.iter().map(|s| s.to_string()).collect(),
+        }
+    };
+    let test = argv(&raw.test, &["nginx", "-t"], "nginx.test", bad);
+    let reload = argv(&raw.reload, &["nginx", "-s", "reload"], "nginx.reload", bad);
+    NginxConfig {
+        test,
+        reload,
+        container: raw.container.clone(),
+        group: raw.group.clone().unwrap_or_else(|| "www-data".into()),
+        http_port,
+        https_port,
+        paths: nginx_paths,
+        resolver,
+        ipv6: raw.ipv6.unwrap_or(true),
+        probe_port,
+        error_log,
     }
 }
 

@@ -726,50 +726,19 @@ fn docker_changes(
         file: None,
         op,
     };
-    // Ownership is per instance (DESIGN §2): only containers carrying this
-    // instance's id are ours to recreate or delete; those vsa made for this
-    // host before the label existed are adopted once, on purpose.
-    let instance = observed.instance.as_deref();
-    let ours = |c: &crate::docker::ObservedContainer| {
-        c.managed
-            && c.host.as_deref() == Some(host)
-            && instance.is_some()
-            && c.instance.as_deref() == instance
+    let owner = Ownership {
+        host,
+        instance: observed.instance.as_deref(),
     };
-    let legacy = |c: &crate::docker::ObservedContainer| {
-        c.managed && c.host.as_deref() == Some(host) && c.instance.is_none()
-    };
+    let ours = |c: &crate::docker::ObservedContainer| owner.ours(c);
+    let legacy = |c: &crate::docker::ObservedContainer| owner.legacy(c);
     let mut wanted_networks: BTreeSet<String> = BTreeSet::new();
     let mut desired: BTreeSet<String> = BTreeSet::new();
     for stack in model.stacks_for(host) {
-        let mut blocked = false;
-        let mut digests = BTreeMap::new();
-        for svc in stack.services.values() {
-            desired.insert(svc.container.clone());
-            for path in &svc.env_file {
-                match observed.env_files.get(path) {
-                    Some(Ok(d)) => {
-                        digests.insert(path.clone(), d.clone());
-                    }
-                    Some(Err(e)) => {
-                        blocked = true;
-                        p.conflicts.push(Conflict {
-                            kind: ResourceKind::Container,
-                            name: svc.container.clone(),
-                            file: path.clone(),
-                            message: format!(
-                                "env_file {path} of stack `{}` cannot be read: {e}; the stack is left as it is",
-                                stack.name
-                            ),
-                        });
-                    }
-                    None => blocked = true,
-                }
-            }
-        }
-        if blocked {
+        desired.extend(stack.services.values().map(|svc| svc.container.clone()));
+        let Some(digests) = env_digests(p, stack, observed) else {
             continue;
-        }
+        };
         for (service_name, svc) in &stack.services {
             let spec = ContainerSpec::new(stack, service_name, svc, network, &digests);
             wanted_networks.extend(spec.networks.iter().cloned());
@@ -870,13 +839,89 @@ fn docker_changes(
             ));
         }
     }
+    undesired_containers(p, docker, &desired, network, &owner);
+}
+
+/// Ownership is per instance (DESIGN §2): only containers carrying this
+/// instance's id are ours to recreate or delete; those vsa made for this
+/// host before the label existed are adopted once, on purpose.
+struct Ownership<'a> {
+    host: &'a str,
+    instance: Option<&'a str>,
+}
+
+impl Ownership<'_> {
+    fn ours(&self, c: &crate::docker::ObservedContainer) -> bool {
+        c.managed
+            && c.host.as_deref() == Some(self.host)
+            && self.instance.is_some()
+            && c.instance.as_deref() == self.instance
+    }
+
+    fn legacy(&self, c: &crate::docker::ObservedContainer) -> bool {
+        c.managed && c.host.as_deref() == Some(self.host) && c.instance.is_none()
+    }
+}
+
+/// The digests of a stack's env files; `None` (the stack is left as it
+/// is) when one cannot be read, with a conflict saying why.
+fn env_digests(
+    p: &mut Plan,
+    stack: &crate::model::Stack,
+    observed: &Observed,
+) -> Option<BTreeMap<String, String>> {
+    let mut blocked = false;
+    let mut digests = BTreeMap::new();
+    for svc in stack.services.values() {
+        for path in &svc.env_file {
+            match observed.env_files.get(path) {
+                Some(Ok(d)) => {
+                    digests.insert(path.clone(), d.clone());
+                }
+                Some(Err(e)) => {
+                    blocked = true;
+                    p.conflicts.push(Conflict {
+                        kind: ResourceKind::Container,
+                        name: svc.container.clone(),
+                        file: path.clone(),
+                        message: format!(
+                            "env_file {path} of stack `{}` cannot be read: {e}; the stack is left as it is",
+                            stack.name
+                        ),
+                    });
+                }
+                None => blocked = true,
+            }
+        }
+    }
+    (!blocked).then_some(digests)
+}
+
+/// This instance's containers on its network that no stack wants: deleted
+/// (volumes kept); a legacy one is a conflict (another vsa may want it).
+fn undesired_containers(
+    p: &mut Plan,
+    docker: &crate::docker::ObservedDocker,
+    desired: &BTreeSet<String>,
+    network: &str,
+    owner: &Ownership<'_>,
+) {
+    let change = |name: &str, diff| Change {
+        kind: ResourceKind::Container,
+        name: name.to_owned(),
+        action: Action::Delete,
+        reason: "not desired (its volumes are kept)".into(),
+        diff,
+        file: None,
+        op: Op::RemoveContainer,
+    };
     for c in docker.containers.values() {
         // Only this instance's containers on its network: another agent's
         // (or another test's) are not ours to remove.
         if desired.contains(&c.name) || !c.networks.iter().any(|n| n == network) {
             continue;
         }
-        if legacy(c) {
+        if owner.legacy(c) {
             p.conflicts.push(Conflict {
                 kind: ResourceKind::Container,
                 name: c.name.clone(),
@@ -889,15 +934,9 @@ fn docker_changes(
             });
             continue;
         }
-        if ours(c) {
-            p.changes.push(change(
-                ResourceKind::Container,
-                &c.name,
-                Action::Delete,
-                "not desired (its volumes are kept)".into(),
-                c.spec.as_deref().map(|s| text_diff(s, "")),
-                Op::RemoveContainer,
-            ));
+        if owner.ours(c) {
+            p.changes
+                .push(change(&c.name, c.spec.as_deref().map(|s| text_diff(s, ""))));
         }
     }
 }

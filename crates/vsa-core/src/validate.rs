@@ -311,8 +311,64 @@ fn validate_site(
         );
     }
 
-    let up = &s.upstream;
-    let upstream = match (&up.container, &up.port, &up.url) {
+    let upstream = site_upstream(file, &s.upstream, cx);
+    let tls = site_tls(doc, cx);
+    let auth = s.auth.as_ref().map(|a| site_auth(file, a, cx));
+
+    let rate = match s.rate_limit.as_ref().or(defaults.rate_limit.as_ref()) {
+        Some(rl) if s.rate_limit.is_some() => rate_limit(file, rl, cx),
+        Some(rl) => rate_limit(
+            "fleet.yaml",
+            rl,
+            &mut Ctx {
+                problems: Vec::new(),
+                errors: 0,
+            },
+        ),
+        None => None,
+    };
+    let max_body = match &s.max_body {
+        Some(mb) => {
+            cx.check(file, mb, "max_body", names::size);
+            Some(mb.value.clone())
+        }
+        None => defaults.max_body.as_ref().map(|m| m.value.clone()),
+    };
+    let csp = match &s.csp {
+        None => Csp::Default,
+        Some(c) if c.value == "off" => Csp::Off,
+        Some(c) => {
+            cx.check(file, c, "csp", names::csp);
+            Csp::Custom(c.value.clone())
+        }
+    };
+
+    let after = cx.errors;
+    if after > before {
+        return None;
+    }
+    Some(Site {
+        file: file.to_owned(),
+        domain: s.domain.value.clone(),
+        host: s.host.value.clone(),
+        aliases: s.aliases.iter().map(|a| a.value.clone()).collect(),
+        upstream: upstream?,
+        tls,
+        auth,
+        rate_limit: rate,
+        max_body,
+        websockets: s.websockets.as_ref().is_some_and(|w| w.value),
+        csp,
+    })
+}
+
+/// `upstream`: a container and port, or a URL.
+fn site_upstream(
+    file: &str,
+    up: &Sp<crate::manifest::UpstreamSpec>,
+    cx: &mut Ctx,
+) -> Option<Upstream> {
+    match (&up.container, &up.port, &up.url) {
         (Some(c), Some(p), None) => {
             let name_ok = cx.check(file, c, "upstream.container", names::container_name);
             let port_ok = match names::port(p.value) {
@@ -366,8 +422,13 @@ fn validate_site(
             );
             None
         }
-    };
+    }
+}
 
+/// `tls` (default `acme`), and the CA's limit on the names of one certificate.
+fn site_tls(doc: &Located<SiteSpec>, cx: &mut Ctx) -> Tls {
+    let file = doc.file.as_str();
+    let s = &doc.spec;
     let tls = match s.tls.as_ref().map(|t| t.value.as_str()) {
         None | Some("acme") => Tls::Acme,
         Some("none") => Tls::None,
@@ -392,100 +453,56 @@ fn validate_site(
             ),
         );
     }
+    tls
+}
 
-    let auth = s.auth.as_ref().map(|a| {
-        let realm = match &a.realm {
-            Some(r) => {
-                cx.check(file, r, "auth.realm", names::realm);
-                r.value.clone()
-            }
-            None => "Restricted".to_owned(),
-        };
-        if a.users.is_empty() {
+/// `auth`: a realm and users with bcrypt hashes (never echoed).
+fn site_auth(file: &str, a: &Sp<crate::manifest::AuthSpec>, cx: &mut Ctx) -> Auth {
+    let realm = match &a.realm {
+        Some(r) => {
+            cx.check(file, r, "auth.realm", names::realm);
+            r.value.clone()
+        }
+        None => "Restricted".to_owned(),
+    };
+    if a.users.is_empty() {
+        cx.err(
+            file,
+            a.pos,
+            "auth has no users; remove `auth` or add a user",
+        );
+    }
+    let mut seen: HashMap<&str, u32> = HashMap::new();
+    let mut users = Vec::new();
+    for u in &a.users {
+        cx.check(file, &u.name, "auth user name", names::user_name);
+        if let Err(e) = names::bcrypt_hash(&u.bcrypt.value) {
+            // Never echo the value: it may be a plaintext password pasted by mistake.
             cx.err(
                 file,
-                a.pos,
-                "auth has no users; remove `auth` or add a user",
+                u.bcrypt.pos,
+                format!(
+                    "auth user `{}`: bcrypt value {e}",
+                    u.name.value.escape_debug()
+                ),
             );
         }
-        let mut seen: HashMap<&str, u32> = HashMap::new();
-        let mut users = Vec::new();
-        for u in &a.users {
-            cx.check(file, &u.name, "auth user name", names::user_name);
-            if let Err(e) = names::bcrypt_hash(&u.bcrypt.value) {
-                // Never echo the value: it may be a plaintext password pasted by mistake.
-                cx.err(
-                    file,
-                    u.bcrypt.pos,
-                    format!(
-                        "auth user `{}`: bcrypt value {e}",
-                        u.name.value.escape_debug()
-                    ),
-                );
-            }
-            if let Some(line) = seen.insert(&u.name.value, u.name.pos.line) {
-                cx.err(
-                    file,
-                    u.name.pos,
-                    format!(
-                        "auth user `{}` is listed twice (first at line {line})",
-                        u.name.value
-                    ),
-                );
-            }
-            users.push(AuthUser {
-                name: u.name.value.clone(),
-                bcrypt: u.bcrypt.value.clone(),
-            });
+        if let Some(line) = seen.insert(&u.name.value, u.name.pos.line) {
+            cx.err(
+                file,
+                u.name.pos,
+                format!(
+                    "auth user `{}` is listed twice (first at line {line})",
+                    u.name.value
+                ),
+            );
         }
-        Auth { realm, users }
-    });
-
-    let rate = match s.rate_limit.as_ref().or(defaults.rate_limit.as_ref()) {
-        Some(rl) if s.rate_limit.is_some() => rate_limit(file, rl, cx),
-        Some(rl) => rate_limit(
-            "fleet.yaml",
-            rl,
-            &mut Ctx {
-                problems: Vec::new(),
-                errors: 0,
-            },
-        ),
-        None => None,
-    };
-    let max_body = match &s.max_body {
-        Some(mb) => {
-            cx.check(file, mb, "max_body", names::size);
-            Some(mb.value.clone())
-        }
-        None => defaults.max_body.as_ref().map(|m| m.value.clone()),
-    };
-    let csp = match &s.csp {
-        None => Csp::Default,
-        Some(c) if c.value == "off" => Csp::Off,
-        Some(c) => {
-            cx.check(file, c, "csp", names::csp);
-            Csp::Custom(c.value.clone())
-        }
-    };
-
-    let after = cx.errors;
-    if after > before {
-        return None;
+        users.push(AuthUser {
+            name: u.name.value.clone(),
+            bcrypt: u.bcrypt.value.clone(),
+        });
     }
-    Some(Site {
-        file: file.to_owned(),
-        domain: s.domain.value.clone(),
-        host: s.host.value.clone(),
-        aliases: s.aliases.iter().map(|a| a.value.clone()).collect(),
-        upstream: upstream?,
-        tls,
-        auth,
-        rate_limit: rate,
-        max_body,
-        websockets: s.websockets.as_ref().is_some_and(|w| w.value),
-        csp,
-    })
+    Auth { realm, users }
 }
 
 /// A name (domain or alias) may be claimed by one site only, fleet-wide:

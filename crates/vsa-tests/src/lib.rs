@@ -64,13 +64,31 @@ pub fn skip(msg: &str) {
     let _ = writeln!(std::io::stderr(), "\n{rule}\nSKIPPED: {msg}\n{rule}\n");
 }
 
-/// A free TCP port on loopback (bound and released; good enough for tests).
+/// A free TCP port on loopback, for a server a test starts (nginx, pebble,
+/// a git server) that binds it itself.
+///
+/// Not a `:0` bind released again: the kernel hands that port to the next
+/// `:0` bind or outgoing connection of any test running beside this one,
+/// and two tests then race for it. These ports come from below the
+/// kernel's ephemeral range (`net.ipv4.ip_local_port_range`, 32768–60999
+/// by default), which the kernel never picks on its own, each one handed
+/// out once per process (the tests of one binary run as threads of one
+/// process; binaries run one after another), and checked free.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000; // up to 31,999
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    // Another process (a bench beside a test run) starts elsewhere.
+    let offset = (std::process::id() * 7919) % SPAN;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        assert!(n < SPAN, "no free port left below the ephemeral range");
+        let port = (LOW + (offset + n) % SPAN) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// An nginx master process with its own prefix directory, on loopback.

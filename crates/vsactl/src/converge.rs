@@ -337,6 +337,9 @@ fn cli_label(s: vsa_engine::snapshot::SiteState) -> &'static str {
 struct SiteStatus {
     domain: String,
     status: &'static str,
+    /// The state in the API's vocabulary (`/api/sites`): `in_sync`,
+    /// `drifted`, `pending`, `failed`, `blocked`.
+    state: vsa_engine::snapshot::SiteState,
     detail: String,
     changes: usize,
 }
@@ -398,6 +401,7 @@ pub fn status(global: &crate::cli::Global, env: &Env, format: Format) -> Result<
         .map(|s| SiteStatus {
             changes: s.changes.len(),
             status: cli_label(s.status),
+            state: s.status,
             domain: s.domain,
             detail: s.detail,
         })
